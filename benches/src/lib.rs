@@ -1,0 +1,1 @@
+//! Benchmarks for cowstore; see benches/ and docs/performance.md.

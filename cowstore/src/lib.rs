@@ -1,0 +1,51 @@
+//! cowstore: a log-structured copy-on-write block store.
+//!
+//! A [`Store`] is a local directory. Each [`Volume`] is a virtual disk whose
+//! writes append checksummed records to the volume's log; an extent map sends
+//! each guest sector range to the record holding its bytes. Because the map
+//! is a persistent B-tree, a [`Snapshot`] (and a clone made from one) costs
+//! O(1) and shares all data with its source. Sealed log segments are
+//! immutable, which is what the object storage tier will upload.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), cowstore::Error> {
+//! use cowstore::{Store, StoreConfig};
+//! let store = Store::open_or_create("/var/lib/cowstore", StoreConfig::default())?;
+//! let vol = store.create_volume("vm1-root", 1 << 30)?;
+//! futures::executor::block_on(async {
+//!     vol.write(0, &[7u8; 4096]).await?;
+//!     vol.flush().await
+//! })?;
+//! store.create_snapshot("vm1-root", "vm1-root@monday")?;
+//! let clone = store.clone_snapshot("vm1-root@monday", "vm1-test")?;
+//! # let _ = clone;
+//! store.close()
+//! # }
+//! ```
+//!
+//! Data flows one way: `Volume` (this crate's API) -> log append + extent map
+//! (`volume`, `extent_map`, `record`) -> segment files (`segment`, `io`) ->
+//! durable metadata (`checkpoint`, `catalog`). `recovery` rebuilds the state
+//! after a crash; `gc` reclaims space.
+
+mod catalog;
+mod checkpoint;
+mod error;
+pub mod extent_map;
+pub mod gc;
+mod inflight;
+mod io;
+pub mod limits;
+pub mod record;
+mod recovery;
+pub mod segment;
+mod snapshot;
+mod store;
+mod volume;
+
+pub use error::{Error, Result};
+pub use gc::GcReport;
+pub use io::IoBackendChoice;
+pub use snapshot::Snapshot;
+pub use store::{SnapshotInfo, Store, StoreConfig, VolumeInfo};
+pub use volume::Volume;

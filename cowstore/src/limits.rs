@@ -1,0 +1,84 @@
+//! Every bound the engine enforces on what it accepts from outside.
+//!
+//! Each limit exists so that no caller (a guest, a CLI user, a corrupted file)
+//! can make the engine allocate or loop without bound. Crossing one is a
+//! typed error, never a panic.
+
+/// Guest block size the engine addresses in. All offsets and lengths are
+/// multiples of it.
+pub const SECTOR_BYTES: u64 = 512;
+
+/// Largest volume: 64 TiB. Keeps sector numbers far from overflow and the
+/// map's per-volume extent count plausible for memory.
+pub const MAX_VOLUME_BYTES: u64 = 64 << 40;
+
+/// Largest single read, write, discard or write-zeroes request: 32 MiB.
+/// A virtio request is at most `seg_max * size_max`, well under this.
+pub const MAX_IO_BYTES: u64 = 32 << 20;
+
+/// Largest discard / write-zeroes range. These carry no payload, so they may
+/// be larger than a data request; they are still bounded to keep one record's
+/// map update bounded in time.
+pub const MAX_TRIM_BYTES: u64 = 1 << 40;
+
+/// Largest logical payload of one log record: 64 KiB. Larger writes become
+/// several records. It bounds read amplification (a read verifies the whole
+/// record's checksum) and the unit of compression.
+pub const MAX_RECORD_DATA_BYTES: usize = 64 << 10;
+
+/// Names of volumes and snapshots: 1..=128 bytes of `[A-Za-z0-9._-]`,
+/// not starting with `.` or `-`.
+pub const MAX_NAME_BYTES: usize = 128;
+
+/// Default sealed segment size.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 32 << 20;
+
+/// Smallest and largest configurable segment size. The upper bound keeps
+/// in-segment offsets within `u32`.
+pub const MIN_SEGMENT_BYTES: u64 = 64 << 10;
+pub const MAX_SEGMENT_BYTES: u64 = 1 << 30;
+
+/// Largest number of extents a checkpoint file may declare. A corrupted
+/// count must not size an allocation: 2^32 extents is past any volume the
+/// 64 TiB limit allows at 64 KiB records... and we never preallocate from it.
+pub const MAX_CHECKPOINT_EXTENTS: u64 = 1 << 32;
+
+/// Validates a volume or snapshot name.
+pub fn check_name(name: &str) -> Result<(), crate::Error> {
+    let bad = |why: &'static str| crate::Error::InvalidName {
+        name: name.chars().take(MAX_NAME_BYTES).collect(),
+        why,
+    };
+    if name.is_empty() {
+        return Err(bad("empty"));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(bad("longer than 128 bytes"));
+    }
+    if name.starts_with('.') || name.starts_with('-') {
+        return Err(bad("starts with '.' or '-'"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return Err(bad("only A-Z a-z 0-9 . _ - are allowed"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(check_name("vm1-disk0.raw").is_ok());
+        assert!(check_name("").is_err());
+        assert!(check_name(".hidden").is_err());
+        assert!(check_name("-x").is_err());
+        assert!(check_name("a/b").is_err());
+        assert!(check_name(&"a".repeat(128)).is_ok());
+        assert!(check_name(&"a".repeat(129)).is_err());
+    }
+}

@@ -1,0 +1,712 @@
+//! The store: one local directory holding the catalog, the segment files and
+//! the checkpoints, and the registry of open volumes and snapshots.
+//!
+//! ```text
+//! STORE/
+//!   catalog/        sled database (volumes, snapshots, segments, names)
+//!   segments/       <segment id>.seg, append-only log segments
+//!   checkpoints/    vol-<id>.ckpt, snap-<id>.ckpt
+//! ```
+//!
+//! Metadata operations (create, delete, snapshot, clone, GC) are blocking
+//! calls; the data path ([`Volume`]) is async. Do not call the blocking ones
+//! from inside a `futures::executor` task.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::catalog::{Catalog, NameTarget, SegmentMeta, Settings, SnapshotMeta, VolumeMeta};
+use crate::checkpoint::{checkpoint_path, sync_dir, Checkpoint, CheckpointKind, LogPosition};
+use crate::error::{Error, Result};
+use crate::extent_map::ExtentMap;
+use crate::io::{IoBackendChoice, SegmentIo};
+use crate::limits::{check_name, DEFAULT_SEGMENT_BYTES, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES};
+use crate::segment::{SegmentFile, SegmentHeader, SegmentKind, SEGMENT_HEADER_BYTES};
+use crate::snapshot::{Snapshot, SnapshotInner};
+use crate::volume::{check_size, LogTail, VolState, Volume, VolumeInner};
+
+/// Store settings.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Size at which log segments are sealed. Fixed when the store is
+    /// created; later opens use the stored value.
+    pub segment_bytes: u64,
+    /// Segment I/O backend.
+    pub io_backend: IoBackendChoice,
+    /// A volume is checkpointed in the background once this many log bytes
+    /// were appended since its last checkpoint. Bounds recovery time.
+    pub checkpoint_interval_bytes: u64,
+    /// The cleaner relocates live data out of sealed segments whose live
+    /// fraction is below this percentage (and deletes fully dead ones).
+    pub gc_live_threshold_pct: u8,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+            io_backend: IoBackendChoice::Auto,
+            checkpoint_interval_bytes: 256 << 20,
+            gc_live_threshold_pct: 50,
+        }
+    }
+}
+
+pub(crate) struct StoreInner {
+    pub root: PathBuf,
+    pub segments_dir: PathBuf,
+    pub ckpt_dir: PathBuf,
+    pub segment_bytes: u64,
+    pub config: StoreConfig,
+    pub io: SegmentIo,
+    pub catalog: Catalog,
+    pub segments: RwLock<HashMap<u64, Arc<SegmentFile>>>,
+    pub volumes: RwLock<HashMap<u64, Arc<VolumeInner>>>,
+    pub snapshots: RwLock<BTreeMap<u64, Arc<SnapshotInner>>>,
+    /// Serializes whole-store maintenance (GC, deletes).
+    pub admin: Mutex<()>,
+    /// Held shared while a map is being cloned into a new volume, and
+    /// exclusively while the cleaner rewrites maps.
+    pub relocation: RwLock<()>,
+    checkpoint_tx: Mutex<Option<mpsc::Sender<u64>>>,
+    /// The active GC output segment, if any (appended to by the cleaner only).
+    pub gc_tail: Mutex<Option<(Arc<SegmentFile>, u64)>>,
+}
+
+pub(crate) fn now_unix_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl StoreInner {
+    /// The open segment file `id`.
+    pub fn segment(&self, id: u64) -> Result<Arc<SegmentFile>> {
+        self.segments
+            .read()
+            .get(&id)
+            .cloned()
+            .ok_or(Error::SegmentMissing { segment_id: id })
+    }
+
+    /// Creates a segment durably: catalog entry first (so a file without an
+    /// entry is always garbage), then the file with its header, fsynced with
+    /// its directory entry.
+    pub fn new_segment(
+        &self,
+        kind: SegmentKind,
+        volume_id: u64,
+        chain_index: u64,
+    ) -> Result<Arc<SegmentFile>> {
+        let id = self.catalog.generate_id()?;
+        Catalog::put(
+            &self.catalog.segments,
+            id,
+            &SegmentMeta {
+                id,
+                kind,
+                volume_id,
+                chain_index,
+            },
+        )?;
+        self.catalog.flush()?;
+        let seg = SegmentFile::create(
+            &self.segments_dir,
+            SegmentHeader {
+                segment_id: id,
+                volume_id,
+                chain_index,
+                kind,
+            },
+        )?;
+        seg.file.sync_all().map_err(|e| Error::io(&seg.path, e))?;
+        sync_dir(&self.segments_dir)?;
+        let seg = Arc::new(seg);
+        self.segments.write().insert(id, seg.clone());
+        Ok(seg)
+    }
+
+    /// Moves a volume's log to a new segment (the caller wrote the seal).
+    pub fn roll_log(&self, v: &VolumeInner, st: &mut VolState) -> Result<()> {
+        let next = st.tail.chain_index + 1;
+        let seg = self.new_segment(SegmentKind::Log, v.id, next)?;
+        st.tail = LogTail {
+            segment: seg,
+            chain_index: next,
+            offset: SEGMENT_HEADER_BYTES,
+        };
+        Ok(())
+    }
+
+    /// Queues a background checkpoint when enough log has accumulated.
+    pub fn maybe_checkpoint(&self, v: &VolumeInner) {
+        if v.state.read().bytes_since_ckpt < self.config.checkpoint_interval_bytes {
+            return;
+        }
+        if v.ckpt_queued.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(tx) = self.checkpoint_tx.lock().as_ref() {
+            let _ = tx.send(v.id);
+        }
+    }
+
+    pub fn checkpoint_volume(self: &Arc<Self>, v: &Arc<VolumeInner>) -> Result<()> {
+        let _serial = v.ckpt_lock.lock();
+        self.checkpoint_volume_locked(v)
+    }
+
+    /// Writes a checkpoint of `v` (caller holds `v.ckpt_lock`). Everything
+    /// the checkpoint covers is flushed first, and every snapshot of `v`
+    /// taken before the checkpoint gets its own checkpoint file first, since
+    /// replay will no longer pass its marker.
+    pub fn checkpoint_volume_locked(self: &Arc<Self>, v: &Arc<VolumeInner>) -> Result<()> {
+        let (map, size_bytes, seq, position, bytes_since) = {
+            let st = v.state.read();
+            (
+                st.map.clone(),
+                st.size_bytes,
+                st.next_seq - 1,
+                LogPosition {
+                    chain_index: st.tail.chain_index,
+                    offset: st.tail.offset,
+                },
+                st.bytes_since_ckpt,
+            )
+        };
+        let handle = Volume {
+            store: self.clone(),
+            inner: v.clone(),
+        };
+        futures::executor::block_on(handle.flush())?;
+        let pending: Vec<_> = self
+            .snapshots
+            .read()
+            .values()
+            .filter(|s| {
+                s.meta.volume_id == v.id
+                    && s.meta.seq <= seq
+                    && !s.ckpt_written.load(Ordering::Acquire)
+            })
+            .cloned()
+            .collect();
+        for s in pending {
+            s.write_checkpoint(&self.ckpt_dir, false)?;
+        }
+        Checkpoint {
+            kind: CheckpointKind::Volume,
+            id: v.id,
+            volume_id: v.id,
+            size_bytes,
+            seq,
+            replay_from: position,
+            map,
+        }
+        .write(&self.ckpt_dir)?;
+        let mut st = v.state.write();
+        st.ckpt_position = Some(position);
+        st.bytes_since_ckpt = st.bytes_since_ckpt.saturating_sub(bytes_since);
+        tracing::debug!(volume = %v.name, seq, "checkpoint written");
+        Ok(())
+    }
+
+    fn volume_by_name(&self, name: &str) -> Result<Arc<VolumeInner>> {
+        match self.catalog.lookup_name(name)? {
+            Some(NameTarget::Volume(id)) => self
+                .volumes
+                .read()
+                .get(&id)
+                .cloned()
+                .ok_or_else(|| Error::VolumeNotFound(name.to_string())),
+            _ => Err(Error::VolumeNotFound(name.to_string())),
+        }
+    }
+
+    fn snapshot_by_name(&self, name: &str) -> Result<Arc<SnapshotInner>> {
+        let not_found = || Error::SnapshotNotFound(name.to_string());
+        match self.catalog.lookup_name(name)? {
+            // The catalog entry is written once the snapshot is durable, so
+            // a snapshot still being taken is not handed out.
+            Some(NameTarget::Snapshot(id))
+                if self.catalog.snapshots.contains_key(id.to_be_bytes())? =>
+            {
+                self.snapshots
+                    .read()
+                    .get(&id)
+                    .cloned()
+                    .ok_or_else(not_found)
+            }
+            _ => Err(not_found()),
+        }
+    }
+}
+
+/// Facts about a volume, for listings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeInfo {
+    pub name: String,
+    pub id: u64,
+    pub size_bytes: u64,
+    pub extent_count: usize,
+    pub parent_snapshot: Option<u64>,
+}
+
+/// Facts about a snapshot, for listings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub name: String,
+    pub id: u64,
+    pub volume_id: u64,
+    pub size_bytes: u64,
+    pub extent_count: usize,
+    pub created_unix_s: u64,
+}
+
+/// An open store. Dropping it without [`Store::close`] behaves like a crash
+/// (no final checkpoint), which is safe: the next open replays the log.
+pub struct Store {
+    pub(crate) inner: Arc<StoreInner>,
+    checkpointer: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("root", &self.inner.root)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Creates a new, empty store in `dir` (created if missing, must not
+    /// already hold a store).
+    pub fn create(dir: impl AsRef<Path>, config: StoreConfig) -> Result<Store> {
+        let dir = dir.as_ref();
+        if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&config.segment_bytes) {
+            return Err(Error::Config(format!(
+                "segment size {} outside {MIN_SEGMENT_BYTES}..={MAX_SEGMENT_BYTES}",
+                config.segment_bytes
+            )));
+        }
+        if dir.join("catalog").exists() {
+            return Err(Error::StoreExists(dir.to_path_buf()));
+        }
+        for sub in ["segments", "checkpoints"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(|e| Error::io(dir.join(sub), e))?;
+        }
+        let catalog = Catalog::open(&dir.join("catalog"))?;
+        catalog.put_settings(&Settings {
+            format_version: 1,
+            segment_bytes: config.segment_bytes,
+        })?;
+        catalog.flush()?;
+        drop(catalog);
+        Self::open(dir, config)
+    }
+
+    /// Opens an existing store, recovering from any crash.
+    pub fn open(dir: impl AsRef<Path>, config: StoreConfig) -> Result<Store> {
+        let dir = dir.as_ref();
+        if !dir.join("catalog").exists() {
+            return Err(Error::NotAStore(dir.to_path_buf()));
+        }
+        let catalog = Catalog::open(&dir.join("catalog"))?;
+        let settings = catalog
+            .settings()?
+            .ok_or_else(|| Error::NotAStore(dir.to_path_buf()))?;
+        if settings.format_version != 1 {
+            return Err(Error::Config(format!(
+                "store format version {} is not supported",
+                settings.format_version
+            )));
+        }
+        let io = SegmentIo::new(config.io_backend).map_err(|e| Error::io(dir, e))?;
+        tracing::info!(store = %dir.display(), io = io.name(), "opening store");
+        let (tx, rx) = mpsc::channel();
+        let inner = Arc::new(StoreInner {
+            root: dir.to_path_buf(),
+            segments_dir: dir.join("segments"),
+            ckpt_dir: dir.join("checkpoints"),
+            segment_bytes: settings.segment_bytes,
+            config,
+            io,
+            catalog,
+            segments: RwLock::new(HashMap::new()),
+            volumes: RwLock::new(HashMap::new()),
+            snapshots: RwLock::new(BTreeMap::new()),
+            admin: Mutex::new(()),
+            relocation: RwLock::new(()),
+            checkpoint_tx: Mutex::new(Some(tx)),
+            gc_tail: Mutex::new(None),
+        });
+        crate::recovery::recover(&inner)?;
+        let weak = Arc::downgrade(&inner);
+        let checkpointer = std::thread::Builder::new()
+            .name("cowstore-ckpt".into())
+            .spawn(move || checkpointer(weak, rx))
+            .map_err(|e| Error::io(dir, e))?;
+        Ok(Store {
+            inner,
+            checkpointer: Some(checkpointer),
+        })
+    }
+
+    /// Opens the store in `dir`, creating it if it does not exist.
+    pub fn open_or_create(dir: impl AsRef<Path>, config: StoreConfig) -> Result<Store> {
+        if dir.as_ref().join("catalog").exists() {
+            Self::open(dir, config)
+        } else {
+            Self::create(dir, config)
+        }
+    }
+
+    /// Name of the segment I/O backend in use (`io_uring` or `blocking`).
+    pub fn io_backend(&self) -> &'static str {
+        self.inner.io.name()
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    fn stop_checkpointer(&mut self) {
+        self.inner.checkpoint_tx.lock().take();
+        if let Some(t) = self.checkpointer.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Checkpoints every volume and closes the store, so the next open
+    /// replays nothing.
+    pub fn close(mut self) -> Result<()> {
+        self.stop_checkpointer();
+        self.checkpoint_all()?;
+        self.inner.catalog.flush()
+    }
+
+    /// Stops background work and drops the store without flushing or
+    /// checkpointing anything: what a crash leaves (tests use this).
+    pub fn abandon(mut self) {
+        self.stop_checkpointer();
+    }
+
+    /// Checkpoints every volume.
+    pub fn checkpoint_all(&self) -> Result<()> {
+        let volumes: Vec<_> = self.inner.volumes.read().values().cloned().collect();
+        for v in volumes {
+            self.inner.checkpoint_volume(&v)?;
+        }
+        Ok(())
+    }
+
+    /// Creates an empty volume of `size_bytes` (a positive multiple of 512,
+    /// at most 64 TiB).
+    pub fn create_volume(&self, name: &str, size_bytes: u64) -> Result<Volume> {
+        check_name(name)?;
+        check_size(size_bytes)?;
+        self.add_volume(name, size_bytes, None, ExtentMap::new())
+    }
+
+    fn add_volume(
+        &self,
+        name: &str,
+        size_bytes: u64,
+        parent: Option<u64>,
+        map: ExtentMap,
+    ) -> Result<Volume> {
+        let s = &self.inner;
+        let id = s.catalog.generate_id()?;
+        s.catalog.claim_name(name, NameTarget::Volume(id))?;
+        let created = (|| {
+            let seg = s.new_segment(SegmentKind::Log, id, 0)?;
+            Catalog::put(
+                &s.catalog.volumes,
+                id,
+                &VolumeMeta {
+                    id,
+                    name: name.to_string(),
+                    size_bytes,
+                    parent_snapshot: parent,
+                    created_unix_s: now_unix_s(),
+                },
+            )?;
+            s.catalog.flush()?;
+            Ok::<_, Error>(seg)
+        })();
+        let seg = match created {
+            Ok(seg) => seg,
+            Err(e) => {
+                let _ = s.catalog.release_name(name);
+                return Err(e);
+            }
+        };
+        let state = VolState {
+            map,
+            size_bytes,
+            next_seq: 1,
+            tail: LogTail {
+                segment: seg.clone(),
+                chain_index: 0,
+                offset: SEGMENT_HEADER_BYTES,
+            },
+            dirty: Vec::new(),
+            durable_seq: 0,
+            durable_tail: (seg.id, SEGMENT_HEADER_BYTES),
+            ckpt_position: None,
+            bytes_since_ckpt: 0,
+        };
+        let inner = Arc::new(VolumeInner::new(id, name.to_string(), parent, state));
+        s.volumes.write().insert(id, inner.clone());
+        Ok(Volume {
+            store: s.clone(),
+            inner,
+        })
+    }
+
+    /// Opens the volume named `name`.
+    pub fn volume(&self, name: &str) -> Result<Volume> {
+        Ok(Volume {
+            store: self.inner.clone(),
+            inner: self.inner.volume_by_name(name)?,
+        })
+    }
+
+    pub fn volumes(&self) -> Vec<VolumeInfo> {
+        let mut out: Vec<_> = self
+            .inner
+            .volumes
+            .read()
+            .values()
+            .map(|v| {
+                let st = v.state.read();
+                VolumeInfo {
+                    name: v.name.clone(),
+                    id: v.id,
+                    size_bytes: st.size_bytes,
+                    extent_count: st.map.len(),
+                    parent_snapshot: v.parent_snapshot,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Deletes a volume. Its snapshots live on; data no one references any
+    /// more is freed by the next [`Store::gc`].
+    pub fn delete_volume(&self, name: &str) -> Result<()> {
+        let s = &self.inner;
+        let _admin = s.admin.lock();
+        let v = s.volume_by_name(name)?;
+        {
+            let _serial = v.ckpt_lock.lock();
+            // Gives every snapshot of the volume its own checkpoint.
+            s.checkpoint_volume_locked(&v)?;
+            v.deleted.store(true, Ordering::Release);
+        }
+        s.volumes.write().remove(&v.id);
+        Catalog::remove(&s.catalog.volumes, v.id)?;
+        s.catalog.release_name(name)?;
+        s.catalog.flush()?;
+        remove_if_exists(&checkpoint_path(&s.ckpt_dir, CheckpointKind::Volume, v.id))?;
+        tracing::info!(volume = name, "volume deleted");
+        Ok(())
+    }
+
+    /// Takes a read-only snapshot `name` of `volume`: every write completed
+    /// before the call is in it, and it is durable when this returns. O(1)
+    /// in the size of the volume.
+    pub fn create_snapshot(&self, volume: &str, name: &str) -> Result<SnapshotInfo> {
+        check_name(name)?;
+        let s = &self.inner;
+        let v = s.volume_by_name(volume)?;
+        let id = s.catalog.generate_id()?;
+        s.catalog.claim_name(name, NameTarget::Snapshot(id))?;
+        let handle = Volume {
+            store: s.clone(),
+            inner: v.clone(),
+        };
+        let created_unix_s = now_unix_s();
+        let mut meta = None;
+        let marked = {
+            let _reloc = s.relocation.read();
+            futures::executor::block_on(handle.append_snapshot_marker(id, name, |st, seq| {
+                let m = SnapshotMeta {
+                    id,
+                    name: name.to_string(),
+                    volume_id: v.id,
+                    seq,
+                    size_bytes: st.size_bytes,
+                    created_unix_s,
+                };
+                s.snapshots.write().insert(
+                    id,
+                    Arc::new(SnapshotInner::new(m.clone(), st.map.clone(), false)),
+                );
+                meta = Some(m);
+            }))
+        };
+        let result = marked.and_then(|_| futures::executor::block_on(handle.flush()));
+        let meta = match (result, meta) {
+            (Ok(()), Some(meta)) => meta,
+            (res, _) => {
+                s.snapshots.write().remove(&id);
+                let _ = s.catalog.release_name(name);
+                res?;
+                return Err(Error::Closed);
+            }
+        };
+        Catalog::put(&s.catalog.snapshots, id, &meta)?;
+        let extent_count = s
+            .snapshots
+            .read()
+            .get(&id)
+            .map_or(0, |x| x.map.read().len());
+        Ok(SnapshotInfo {
+            name: meta.name,
+            id,
+            volume_id: meta.volume_id,
+            size_bytes: meta.size_bytes,
+            extent_count,
+            created_unix_s,
+        })
+    }
+
+    /// Opens a snapshot for reading.
+    pub fn snapshot(&self, name: &str) -> Result<Snapshot> {
+        Ok(Snapshot {
+            store: self.inner.clone(),
+            inner: self.inner.snapshot_by_name(name)?,
+        })
+    }
+
+    pub fn snapshots(&self) -> Vec<SnapshotInfo> {
+        let committed: Vec<u64> = Catalog::all::<SnapshotMeta>(&self.inner.catalog.snapshots)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        let reg = self.inner.snapshots.read();
+        let mut out: Vec<_> = committed
+            .iter()
+            .filter_map(|id| reg.get(id))
+            .map(|x| SnapshotInfo {
+                name: x.meta.name.clone(),
+                id: x.meta.id,
+                volume_id: x.meta.volume_id,
+                size_bytes: x.meta.size_bytes,
+                extent_count: x.map.read().len(),
+                created_unix_s: x.meta.created_unix_s,
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Makes a new writable volume `name` from `snapshot`, sharing all of its
+    /// data: no data is copied.
+    pub fn clone_snapshot(&self, snapshot: &str, name: &str) -> Result<Volume> {
+        check_name(name)?;
+        let s = &self.inner;
+        let _reloc = s.relocation.read();
+        let snap = s.snapshot_by_name(snapshot)?;
+        // The clone's recovery starts from the snapshot's checkpoint until
+        // the clone has its own.
+        snap.write_checkpoint(&s.ckpt_dir, false)?;
+        let map = snap.map.read().clone();
+        self.add_volume(name, snap.meta.size_bytes, Some(snap.meta.id), map)
+    }
+
+    /// Deletes a snapshot. Clones made from it keep their data.
+    pub fn delete_snapshot(&self, name: &str) -> Result<()> {
+        let s = &self.inner;
+        let _admin = s.admin.lock();
+        let snap = s.snapshot_by_name(name)?;
+        let dependents: Vec<_> = s
+            .volumes
+            .read()
+            .values()
+            .filter(|v| {
+                v.parent_snapshot == Some(snap.meta.id) && v.state.read().ckpt_position.is_none()
+            })
+            .cloned()
+            .collect();
+        for v in dependents {
+            s.checkpoint_volume(&v)?;
+        }
+        let source = s.volumes.read().get(&snap.meta.volume_id).cloned();
+        match source {
+            Some(src) => {
+                let _serial = src.ckpt_lock.lock();
+                s.snapshots.write().remove(&snap.meta.id);
+                // Replay must never meet this snapshot's marker again.
+                if let Err(e) = s.checkpoint_volume_locked(&src) {
+                    s.snapshots.write().insert(snap.meta.id, snap.clone());
+                    return Err(e);
+                }
+            }
+            None => {
+                s.snapshots.write().remove(&snap.meta.id);
+            }
+        }
+        Catalog::remove(&s.catalog.snapshots, snap.meta.id)?;
+        s.catalog.release_name(name)?;
+        s.catalog.flush()?;
+        remove_if_exists(&checkpoint_path(
+            &s.ckpt_dir,
+            CheckpointKind::Snapshot,
+            snap.meta.id,
+        ))?;
+        tracing::info!(snapshot = name, "snapshot deleted");
+        Ok(())
+    }
+
+    /// Runs the segment cleaner once. See [`crate::gc`].
+    pub fn gc(&self) -> Result<crate::gc::GcReport> {
+        crate::gc::run(&self.inner)
+    }
+
+    /// Bytes held by segment files on local disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.inner
+            .segments
+            .read()
+            .values()
+            .filter_map(|s| s.len_bytes().ok())
+            .sum()
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.stop_checkpointer();
+    }
+}
+
+pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+fn checkpointer(store: Weak<StoreInner>, rx: mpsc::Receiver<u64>) {
+    while let Ok(id) = rx.recv() {
+        let Some(store) = store.upgrade() else { return };
+        let v = store.volumes.read().get(&id).cloned();
+        if let Some(v) = v {
+            v.ckpt_queued.store(false, Ordering::Release);
+            if let Err(e) = store.checkpoint_volume(&v) {
+                tracing::warn!(volume = %v.name, "background checkpoint failed: {e}");
+            }
+        }
+    }
+}

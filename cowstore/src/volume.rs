@@ -1,0 +1,682 @@
+//! Volumes: the write path (log append + map update), the read path (map
+//! lookup + checksummed fetch), flush, discard, write-zeroes and resize.
+//!
+//! Ordering: a write reserves its log position, takes its sequence numbers
+//! and updates the extent map in one critical section, so the in-memory map
+//! always equals what replaying the log in order produces. The bytes go to
+//! disk after the lock is released; until they land, readers are served from
+//! the write's own buffer (the pending table), and `flush` waits for them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::checkpoint::LogPosition;
+use crate::error::{Error, Result};
+use crate::extent_map::{Extent, ExtentMap, Piece};
+use crate::inflight::Inflight;
+use crate::limits::{
+    MAX_IO_BYTES, MAX_RECORD_DATA_BYTES, MAX_TRIM_BYTES, MAX_VOLUME_BYTES, SECTOR_BYTES,
+};
+use crate::record::{self, RecordHeader, RecordKind, RECORD_HEADER_BYTES};
+use crate::segment::SegmentFile;
+use crate::store::StoreInner;
+
+/// The append point of a volume's log.
+#[derive(Clone, Debug)]
+pub(crate) struct LogTail {
+    pub segment: Arc<SegmentFile>,
+    pub chain_index: u64,
+    pub offset: u64,
+}
+
+pub(crate) struct VolState {
+    pub map: ExtentMap,
+    pub size_bytes: u64,
+    /// Sequence number the next record gets.
+    pub next_seq: u64,
+    pub tail: LogTail,
+    /// Segments written since the last flush took the list.
+    pub dirty: Vec<Arc<SegmentFile>>,
+    /// Every record up to this seq is durable.
+    pub durable_seq: u64,
+    /// Where the log was when the last flush began: everything before it is
+    /// durable. (Used by crash tests to cut only what was never flushed.)
+    pub durable_tail: (u64, u64),
+    /// Where the last checkpoint says replay starts.
+    pub ckpt_position: Option<LogPosition>,
+    /// Log bytes appended since the last checkpoint.
+    pub bytes_since_ckpt: u64,
+}
+
+/// A record still on its way to disk: readers take its bytes from here.
+struct PendingRecord {
+    buf: Arc<Vec<u8>>,
+    /// Offset of the record header within `buf`.
+    at: usize,
+}
+
+pub(crate) struct VolumeInner {
+    pub id: u64,
+    pub name: String,
+    /// For a clone: the snapshot whose checkpoint its recovery starts from
+    /// until it has a checkpoint of its own.
+    pub parent_snapshot: Option<u64>,
+    /// A checkpoint request is queued for the background checkpointer.
+    pub ckpt_queued: AtomicBool,
+    pub state: RwLock<VolState>,
+    pending: Mutex<HashMap<(u64, u32), PendingRecord>>,
+    inflight: Inflight,
+    flush_lock: futures::lock::Mutex<()>,
+    /// Serializes checkpoints (and the admin operations that depend on a
+    /// checkpoint boundary) of this volume.
+    pub ckpt_lock: Mutex<()>,
+    pub deleted: AtomicBool,
+    /// Set after a failed log write or sync: the log and the map may
+    /// disagree, so the volume refuses I/O until the store is reopened
+    /// (recovery makes them agree again).
+    failed: Mutex<Option<String>>,
+}
+
+impl VolumeInner {
+    pub fn new(id: u64, name: String, parent_snapshot: Option<u64>, state: VolState) -> Self {
+        VolumeInner {
+            id,
+            name,
+            parent_snapshot,
+            ckpt_queued: AtomicBool::new(false),
+            state: RwLock::new(state),
+            pending: Mutex::new(HashMap::new()),
+            inflight: Inflight::default(),
+            flush_lock: futures::lock::Mutex::new(()),
+            ckpt_lock: Mutex::new(()),
+            deleted: AtomicBool::new(false),
+            failed: Mutex::new(None),
+        }
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if self.deleted.load(Ordering::Acquire) {
+            return Err(Error::VolumeNotFound(self.name.clone()));
+        }
+        if let Some(why) = self.failed.lock().as_ref() {
+            return Err(Error::io(
+                &self.name,
+                std::io::Error::other(format!("volume failed earlier and must be reopened: {why}")),
+            ));
+        }
+        Ok(())
+    }
+
+    fn fail(&self, why: String) {
+        tracing::error!(volume = %self.name, "volume failed: {why}");
+        self.failed.lock().get_or_insert(why);
+    }
+}
+
+/// What a record does to the map when it is appended (and when replayed).
+#[derive(Clone, Copy, Debug)]
+enum MapEffect {
+    Map { lba: u64, extent: Extent },
+    Punch { lba: u64, len_sectors: u64 },
+    None,
+}
+
+/// Records encoded outside the volume lock, waiting for seqs and a place.
+#[derive(Default)]
+struct Batch {
+    buf: Vec<u8>,
+    /// (offset of the record in `buf`, its length, its map effect)
+    records: Vec<(usize, usize, MapEffect)>,
+}
+
+impl Batch {
+    fn push(&mut self, header: RecordHeader, payload: &[u8], effect: MapEffect) {
+        let at = self.buf.len();
+        header.encode_with_payload(payload, &mut self.buf);
+        self.records.push((at, self.buf.len() - at, effect));
+    }
+}
+
+fn header(kind: RecordKind, volume_id: u64, lba: u64, len_sectors: u32) -> RecordHeader {
+    RecordHeader {
+        kind,
+        flags: 0,
+        stored_len: 0,
+        seq: 0,
+        volume_id,
+        lba,
+        len_sectors,
+        payload_crc: 0,
+        aux: 0,
+    }
+}
+
+/// Rewrites the seq of the record at `buf[at..]` and its header checksum.
+fn stamp_seq(buf: &mut [u8], at: usize, seq: u64) {
+    buf[at + 16..at + 24].copy_from_slice(&seq.to_le_bytes());
+    let crc = crc32c::crc32c(&buf[at + 8..at + RECORD_HEADER_BYTES]);
+    buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// One write I/O: `buf[range]` at `offset` of `segment`.
+struct WriteIo {
+    segment: Arc<SegmentFile>,
+    offset: u64,
+    buf: Arc<Vec<u8>>,
+    range: std::ops::Range<usize>,
+}
+
+/// Where the bytes of one mapped piece come from.
+pub(crate) enum Source {
+    Pending(Arc<Vec<u8>>, usize),
+    Segment(Arc<SegmentFile>),
+}
+
+/// A handle to an open volume. Cheap to clone; every method may be called
+/// from many threads and many tasks at once.
+#[derive(Clone)]
+pub struct Volume {
+    pub(crate) store: Arc<StoreInner>,
+    pub(crate) inner: Arc<VolumeInner>,
+}
+
+impl std::fmt::Debug for Volume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Volume")
+            .field("name", &self.inner.name)
+            .finish()
+    }
+}
+
+/// Checks that `[offset, offset + len)` is sector-aligned, within
+/// `limit_bytes` and inside a volume of `size_bytes`.
+pub(crate) fn check_range(
+    name: &str,
+    size_bytes: u64,
+    offset_bytes: u64,
+    len_bytes: u64,
+    limit_bytes: u64,
+) -> Result<()> {
+    if offset_bytes % SECTOR_BYTES != 0 || len_bytes % SECTOR_BYTES != 0 {
+        return Err(Error::Unaligned {
+            offset_bytes,
+            len_bytes,
+        });
+    }
+    if len_bytes > limit_bytes {
+        return Err(Error::TooLarge {
+            len_bytes,
+            limit_bytes,
+        });
+    }
+    match offset_bytes.checked_add(len_bytes) {
+        Some(end) if end <= size_bytes => Ok(()),
+        _ => Err(Error::OutOfRange {
+            volume: name.to_string(),
+            offset_bytes,
+            len_bytes,
+            size_bytes,
+        }),
+    }
+}
+
+impl Volume {
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.inner.state.read().size_bytes
+    }
+
+    /// Number of extents in the volume's map (a measure of fragmentation
+    /// and of the map's memory).
+    pub fn extent_count(&self) -> usize {
+        self.inner.state.read().map.len()
+    }
+
+    /// Writes `data` at `offset_bytes`. Both must be multiples of 512; the
+    /// length at most [`MAX_IO_BYTES`]. The write is visible to reads when
+    /// this returns and durable after the next [`Volume::flush`].
+    pub async fn write(&self, offset_bytes: u64, data: &[u8]) -> Result<()> {
+        let len_bytes = data.len() as u64;
+        check_range(
+            &self.inner.name,
+            self.size_bytes(),
+            offset_bytes,
+            len_bytes,
+            MAX_IO_BYTES,
+        )?;
+        let mut batch = Batch::default();
+        let first_lba = offset_bytes / SECTOR_BYTES;
+        for (i, chunk) in data.chunks(MAX_RECORD_DATA_BYTES).enumerate() {
+            let lba = first_lba + (i * MAX_RECORD_DATA_BYTES) as u64 / SECTOR_BYTES;
+            let sectors = (chunk.len() as u64 / SECTOR_BYTES) as u32;
+            match record::encode_data(chunk) {
+                None => batch.push(
+                    header(RecordKind::Zero, self.inner.id, lba, sectors),
+                    &[],
+                    MapEffect::Punch {
+                        lba,
+                        len_sectors: u64::from(sectors),
+                    },
+                ),
+                Some((flags, payload)) => {
+                    let mut h = header(RecordKind::Write, self.inner.id, lba, sectors);
+                    h.flags = flags;
+                    let extent = Extent {
+                        segment_id: 0, // placed under the lock
+                        record_offset: 0,
+                        stored_len: payload.len() as u32,
+                        payload_crc: crc32c::crc32c(&payload),
+                        len_sectors: sectors,
+                        skip_sectors: 0,
+                        record_sectors: sectors as u8,
+                        flags,
+                    };
+                    batch.push(h, &payload, MapEffect::Map { lba, extent });
+                }
+            }
+        }
+        self.append(batch, |_, _| {}).await.map(drop)
+    }
+
+    /// Makes every write that completed before this call durable.
+    pub async fn flush(&self) -> Result<()> {
+        self.inner.check_usable()?;
+        let _serial = self.inner.flush_lock.lock().await;
+        let (target, dirty, tail) = {
+            let mut st = self.inner.state.write();
+            let target = st.next_seq - 1;
+            if st.durable_seq >= target {
+                return Ok(());
+            }
+            let tail = (st.tail.segment.id, st.tail.offset);
+            (target, std::mem::take(&mut st.dirty), tail)
+        };
+        self.inner.inflight.wait_through(target).await;
+        let syncs = dirty.iter().map(|s| self.store.io.sync(s));
+        for (seg, res) in dirty.iter().zip(futures::future::join_all(syncs).await) {
+            if let Err(e) = res {
+                // After a failed fsync the page cache may have dropped the
+                // data: nothing since the last good flush can be trusted.
+                self.inner
+                    .fail(format!("fsync of {} failed: {e}", seg.path.display()));
+                return Err(Error::io(&seg.path, e));
+            }
+        }
+        let mut st = self.inner.state.write();
+        st.durable_seq = st.durable_seq.max(target);
+        st.durable_tail = tail;
+        Ok(())
+    }
+
+    /// Unmaps `[offset, offset + len)`: it reads as zeroes and its space is
+    /// freed once no snapshot references it.
+    pub async fn discard(&self, offset_bytes: u64, len_bytes: u64) -> Result<()> {
+        self.trim(RecordKind::Discard, offset_bytes, len_bytes)
+            .await
+    }
+
+    /// Makes `[offset, offset + len)` read as zeroes, storing no data.
+    pub async fn write_zeroes(&self, offset_bytes: u64, len_bytes: u64) -> Result<()> {
+        self.trim(RecordKind::Zero, offset_bytes, len_bytes).await
+    }
+
+    async fn trim(&self, kind: RecordKind, offset_bytes: u64, len_bytes: u64) -> Result<()> {
+        check_range(
+            &self.inner.name,
+            self.size_bytes(),
+            offset_bytes,
+            len_bytes,
+            MAX_TRIM_BYTES,
+        )?;
+        if len_bytes == 0 {
+            return Ok(());
+        }
+        let lba = offset_bytes / SECTOR_BYTES;
+        let sectors = len_bytes / SECTOR_BYTES;
+        let mut batch = Batch::default();
+        // MAX_TRIM_BYTES keeps the sector count within u32.
+        batch.push(
+            header(kind, self.inner.id, lba, sectors as u32),
+            &[],
+            MapEffect::Punch {
+                lba,
+                len_sectors: sectors,
+            },
+        );
+        self.append(batch, |_, _| {}).await.map(drop)
+    }
+
+    /// Grows the volume to `new_size_bytes` (a multiple of 512). The new
+    /// space reads as zeroes. Durable when this returns.
+    pub async fn resize(&self, new_size_bytes: u64) -> Result<()> {
+        let size_bytes = self.size_bytes();
+        check_size(new_size_bytes)?;
+        if new_size_bytes < size_bytes {
+            return Err(Error::Shrink {
+                volume: self.inner.name.clone(),
+                size_bytes,
+                new_size_bytes,
+            });
+        }
+        let mut batch = Batch::default();
+        let mut h = header(RecordKind::Resize, self.inner.id, 0, 0);
+        h.aux = new_size_bytes;
+        batch.push(h, &[], MapEffect::None);
+        self.append(batch, |st, _| {
+            st.size_bytes = st.size_bytes.max(new_size_bytes)
+        })
+        .await?;
+        self.flush().await
+    }
+
+    /// Reads `len_bytes` at `offset_bytes`.
+    pub async fn read(&self, offset_bytes: u64, len_bytes: u64) -> Result<Vec<u8>> {
+        check_range(
+            &self.inner.name,
+            self.size_bytes(),
+            offset_bytes,
+            len_bytes,
+            MAX_IO_BYTES,
+        )?;
+        let mut out = vec![0u8; len_bytes as usize];
+        self.read_into(offset_bytes, &mut out).await?;
+        Ok(out)
+    }
+
+    /// Reads `out.len()` bytes at `offset_bytes` into `out`.
+    pub async fn read_into(&self, offset_bytes: u64, out: &mut [u8]) -> Result<()> {
+        self.inner.check_usable()?;
+        let len_bytes = out.len() as u64;
+        let plan = {
+            let st = self.inner.state.read();
+            check_range(
+                &self.inner.name,
+                st.size_bytes,
+                offset_bytes,
+                len_bytes,
+                MAX_IO_BYTES,
+            )?;
+            let start = offset_bytes / SECTOR_BYTES;
+            let pieces = st.map.lookup(start, start + len_bytes / SECTOR_BYTES);
+            let pending = self.inner.pending.lock();
+            let mut plan = Vec::with_capacity(pieces.len());
+            for p in pieces {
+                let source = match &p.extent {
+                    None => None,
+                    Some(e) => Some(match pending.get(&e.record_key()) {
+                        Some(rec) => Source::Pending(rec.buf.clone(), rec.at),
+                        None => Source::Segment(self.store.segment(e.segment_id)?),
+                    }),
+                };
+                plan.push((p, source));
+            }
+            plan
+        };
+        read_pieces(
+            &self.store,
+            &self.inner.name,
+            offset_bytes / SECTOR_BYTES,
+            plan,
+            out,
+        )
+        .await
+    }
+
+    /// Appends `batch` to the log, applies it to the map, then waits for the
+    /// bytes to reach the segment files. `then` runs under the volume lock
+    /// right after the batch is applied, with the seq of its last record.
+    pub(crate) async fn append_snapshot_marker(
+        &self,
+        snapshot_id: u64,
+        name: &str,
+        then: impl FnOnce(&mut VolState, u64),
+    ) -> Result<u64> {
+        let mut batch = Batch::default();
+        let mut h = header(RecordKind::Snapshot, self.inner.id, 0, 0);
+        h.aux = snapshot_id;
+        batch.push(h, name.as_bytes(), MapEffect::None);
+        self.append(batch, then).await
+    }
+
+    async fn append(&self, mut batch: Batch, then: impl FnOnce(&mut VolState, u64)) -> Result<u64> {
+        let v = &self.inner;
+        v.check_usable()?;
+        let (ios, pending_keys, first_seq, last_seq) = {
+            let mut st = v.state.write();
+            let first_seq = st.next_seq;
+            let mut ios = Vec::new();
+            // Assign seqs (seals from segment rolls take seqs too, so they
+            // are assigned as records are placed).
+            let mut placements = Vec::with_capacity(batch.records.len());
+            let mut seals: Vec<(Arc<SegmentFile>, u64, Vec<u8>)> = Vec::new();
+            for &(at, len, _) in &batch.records {
+                if st.tail.offset + len as u64 + RECORD_HEADER_BYTES as u64
+                    > self.store.segment_bytes
+                {
+                    let seq = st.next_seq;
+                    st.next_seq += 1;
+                    let mut seal = Vec::with_capacity(RECORD_HEADER_BYTES);
+                    let mut h = header(RecordKind::Seal, v.id, 0, 0);
+                    h.seq = seq;
+                    h.encode_with_payload(&[], &mut seal);
+                    seals.push((st.tail.segment.clone(), st.tail.offset, seal));
+                    st.tail.offset += RECORD_HEADER_BYTES as u64;
+                    if let Err(e) = self.store.roll_log(v, &mut st) {
+                        v.fail(format!("cannot start a new log segment: {e}"));
+                        return Err(e);
+                    }
+                }
+                let seq = st.next_seq;
+                st.next_seq += 1;
+                stamp_seq(&mut batch.buf, at, seq);
+                placements.push((st.tail.segment.clone(), st.tail.offset));
+                st.tail.offset += len as u64;
+                st.bytes_since_ckpt += len as u64;
+                let seg = st.tail.segment.clone();
+                if !st.dirty.iter().any(|d| Arc::ptr_eq(d, &seg)) {
+                    st.dirty.push(seg);
+                }
+            }
+            let last_seq = st.next_seq - 1;
+            let buf = Arc::new(std::mem::take(&mut batch.buf));
+            let mut pending_keys = Vec::new();
+            {
+                let mut pending = v.pending.lock();
+                for (&(at, len, effect), (seg, off)) in batch.records.iter().zip(&placements) {
+                    match effect {
+                        MapEffect::Map { lba, mut extent } => {
+                            extent.segment_id = seg.id;
+                            extent.record_offset = *off as u32;
+                            st.map.insert(lba, extent);
+                            pending_keys.push(extent.record_key());
+                            pending.insert(
+                                extent.record_key(),
+                                PendingRecord {
+                                    buf: buf.clone(),
+                                    at,
+                                },
+                            );
+                        }
+                        MapEffect::Punch { lba, len_sectors } => {
+                            st.map.punch(lba, lba + len_sectors)
+                        }
+                        MapEffect::None => {}
+                    }
+                    // Coalesce records that landed back to back in one segment.
+                    match ios.last_mut() {
+                        Some(WriteIo {
+                            segment,
+                            offset,
+                            range,
+                            ..
+                        }) if Arc::ptr_eq(segment, seg)
+                            && *offset + range.len() as u64 == *off
+                            && range.end == at =>
+                        {
+                            range.end = at + len;
+                        }
+                        _ => ios.push(WriteIo {
+                            segment: seg.clone(),
+                            offset: *off,
+                            buf: buf.clone(),
+                            range: at..at + len,
+                        }),
+                    }
+                }
+            }
+            for (segment, offset, seal) in seals {
+                let len = seal.len();
+                ios.push(WriteIo {
+                    segment,
+                    offset,
+                    buf: Arc::new(seal),
+                    range: 0..len,
+                });
+            }
+            then(&mut st, last_seq);
+            v.inflight.begin(first_seq, last_seq);
+            (ios, pending_keys, first_seq, last_seq)
+        };
+        let results = futures::future::join_all(ios.iter().map(|io| {
+            self.store
+                .io
+                .write_at(&io.segment, io.offset, io.buf.clone(), io.range.clone())
+        }))
+        .await;
+        {
+            let mut pending = v.pending.lock();
+            for key in &pending_keys {
+                pending.remove(key);
+            }
+        }
+        v.inflight.end(first_seq);
+        for (io, res) in ios.iter().zip(results) {
+            if let Err(e) = res {
+                v.fail(format!(
+                    "log write to {} failed: {e}",
+                    io.segment.path.display()
+                ));
+                return Err(Error::io(&io.segment.path, e));
+            }
+        }
+        self.store.maybe_checkpoint(v);
+        Ok(last_seq)
+    }
+
+    /// Byte ranges of the log not covered by the last completed flush, as
+    /// (segment path, first unflushed offset). Crash tests cut only these.
+    pub fn unflushed_log(&self) -> Vec<(std::path::PathBuf, u64)> {
+        let st = self.inner.state.read();
+        let (seg_id, offset) = st.durable_tail;
+        let mut out = Vec::new();
+        if let Ok(seg) = self.store.segment(seg_id) {
+            out.push((seg.path.clone(), offset));
+        }
+        if st.tail.segment.id != seg_id {
+            out.push((
+                st.tail.segment.path.clone(),
+                crate::segment::SEGMENT_HEADER_BYTES,
+            ));
+        }
+        out
+    }
+}
+
+pub(crate) fn check_size(size_bytes: u64) -> Result<()> {
+    if size_bytes == 0 || size_bytes % SECTOR_BYTES != 0 {
+        return Err(Error::InvalidSize {
+            size_bytes,
+            why: "must be a positive multiple of 512",
+        });
+    }
+    if size_bytes > MAX_VOLUME_BYTES {
+        return Err(Error::InvalidSize {
+            size_bytes,
+            why: "larger than the 64 TiB limit",
+        });
+    }
+    Ok(())
+}
+
+/// Fetches, verifies and decodes the mapped pieces of a read into `out`
+/// (which starts at sector `first_lba`); holes become zeroes.
+pub(crate) async fn read_pieces(
+    store: &StoreInner,
+    name: &str,
+    first_lba: u64,
+    plan: Vec<(Piece, Option<Source>)>,
+    out: &mut [u8],
+) -> Result<()> {
+    let fetches = plan.iter().map(|(p, source)| async move {
+        let (Some(e), Some(source)) = (&p.extent, source) else {
+            return Ok(None);
+        };
+        let payload_at = u64::from(e.record_offset) + RECORD_HEADER_BYTES as u64;
+        let payload: Vec<u8> = match source {
+            Source::Pending(buf, at) => {
+                let start = at + RECORD_HEADER_BYTES;
+                buf[start..start + e.stored_len as usize].to_vec()
+            }
+            Source::Segment(seg) => store
+                .io
+                .read_at(seg, payload_at, e.stored_len as usize)
+                .await
+                .map_err(|err| Error::CorruptExtent {
+                    volume: name.to_string(),
+                    offset_bytes: p.lba * SECTOR_BYTES,
+                    segment_id: e.segment_id,
+                    segment_offset: payload_at,
+                    why: format!("cannot read stored payload: {err}"),
+                })?,
+        };
+        Ok::<_, Error>(Some(payload))
+    });
+    let payloads = futures::future::join_all(fetches).await;
+    for ((piece, _), payload) in plan.iter().zip(payloads) {
+        let dst_start = ((piece.lba - first_lba) * SECTOR_BYTES) as usize;
+        let dst = &mut out[dst_start..dst_start + (piece.len_sectors * SECTOR_BYTES) as usize];
+        let (Some(e), Some(payload)) = (&piece.extent, payload?) else {
+            dst.fill(0);
+            continue;
+        };
+        let found = crc32c::crc32c(&payload);
+        let segment_offset = u64::from(e.record_offset) + RECORD_HEADER_BYTES as u64;
+        if found != e.payload_crc {
+            return Err(Error::Checksum {
+                volume: name.to_string(),
+                offset_bytes: piece.lba * SECTOR_BYTES,
+                segment_id: e.segment_id,
+                segment_offset,
+                expected: e.payload_crc,
+                found,
+            });
+        }
+        let record_bytes = usize::from(e.record_sectors) * SECTOR_BYTES as usize;
+        let skip = usize::from(e.skip_sectors) * SECTOR_BYTES as usize;
+        if e.flags & record::FLAG_COMPRESSED == 0 {
+            dst.copy_from_slice(&payload[skip..skip + dst.len()]);
+        } else {
+            let data = record::decode_data(e.flags, &payload, record_bytes).map_err(|why| {
+                Error::CorruptExtent {
+                    volume: name.to_string(),
+                    offset_bytes: piece.lba * SECTOR_BYTES,
+                    segment_id: e.segment_id,
+                    segment_offset,
+                    why,
+                }
+            })?;
+            dst.copy_from_slice(&data[skip..skip + dst.len()]);
+        }
+    }
+    Ok(())
+}
