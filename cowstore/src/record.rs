@@ -8,7 +8,8 @@
 //! | 0      | 4    | magic `0x3152_5343` (`"CSR1"` as bytes)                 |
 //! | 4      | 4    | crc32c of bytes 8..56                                   |
 //! | 8      | 1    | kind (see [`RecordKind`])                               |
-//! | 9      | 1    | flags (bit 0: payload is lz4 block-compressed)          |
+//! | 9      | 1    | flags (bit 0: payload is lz4 block-compressed;          |
+//! |        |      | bit 1: more records of the same write follow)           |
 //! | 10     | 2    | reserved, zero                                          |
 //! | 12     | 4    | stored_len: payload bytes following the header          |
 //! | 16     | 8    | seq: the volume's log sequence number, +1 per record    |
@@ -28,6 +29,10 @@ pub const RECORD_HEADER_BYTES: usize = 56;
 
 /// Payload flag: the payload is an lz4 block of `len_sectors * 512` bytes.
 pub const FLAG_COMPRESSED: u8 = 1;
+/// The write this record belongs to continues in the next record. A write
+/// larger than one record is replayed only if its last record (without this
+/// flag) is intact: writes are atomic on recovery, not torn.
+pub const FLAG_CONTINUED: u8 = 2;
 
 /// What a record means when the log is replayed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,7 +149,9 @@ impl RecordHeader {
         }
         let kind = RecordKind::from_u8(b[8]).ok_or(RecordError::BadKind(b[8]))?;
         let flags = b[9];
-        if flags & !FLAG_COMPRESSED != 0 || (flags != 0 && kind != RecordKind::Write) {
+        let compressed_ok = flags & FLAG_COMPRESSED == 0 || kind == RecordKind::Write;
+        let continued_ok = flags & FLAG_CONTINUED == 0 || matches!(kind, RecordKind::Write | RecordKind::Zero);
+        if flags & !(FLAG_COMPRESSED | FLAG_CONTINUED) != 0 || !compressed_ok || !continued_ok {
             return Err(RecordError::BadFlags(flags));
         }
         let header = RecordHeader {
@@ -314,8 +321,12 @@ mod tests {
         // Zero records carry no payload.
         let rec = sample(RecordKind::Zero, b"x", 0, 1);
         assert!(RecordHeader::decode(&rec).is_err());
-        // Compression flag only on writes.
+        // Compression flag only on writes; continuation only on data.
         let rec = sample(RecordKind::Zero, b"", FLAG_COMPRESSED, 1);
+        assert!(RecordHeader::decode(&rec).is_err());
+        let rec = sample(RecordKind::Zero, b"", FLAG_CONTINUED, 1);
+        assert!(RecordHeader::decode(&rec).is_ok());
+        let rec = sample(RecordKind::Snapshot, b"s", FLAG_CONTINUED, 0);
         assert!(RecordHeader::decode(&rec).is_err());
         assert_eq!(
             RecordHeader::decode(&rec[..10]),

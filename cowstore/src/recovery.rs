@@ -16,7 +16,7 @@ use crate::catalog::{Catalog, NameTarget, SegmentMeta, SnapshotMeta, VolumeMeta}
 use crate::checkpoint::{checkpoint_path, sync_dir, Checkpoint, CheckpointKind, LogPosition};
 use crate::error::{Error, Result};
 use crate::extent_map::{Extent, ExtentMap};
-use crate::record::{RecordKind, RECORD_HEADER_BYTES};
+use crate::record::{RecordKind, FLAG_COMPRESSED, FLAG_CONTINUED, RECORD_HEADER_BYTES};
 use crate::segment::{segment_path, ScanStep, SegmentFile, SegmentKind, SEGMENT_HEADER_BYTES};
 use crate::snapshot::SnapshotInner;
 use crate::store::{now_unix_s, remove_if_exists, StoreInner};
@@ -168,76 +168,90 @@ fn replay_volume(
     let mut chain_index = start.chain_index;
     let mut offset = start.offset;
     let mut bytes_replayed = 0u64;
-    let tail_segment = loop {
-        let seg = match chain
-            .get(&chain_index)
-            .and_then(|id| s.segments.read().get(id).cloned())
-        {
+    // The write being replayed: its map effects wait until its last record
+    // (one without FLAG_CONTINUED) verifies, so a torn write is dropped whole.
+    let mut batch: Vec<(RecordKind, u64, Extent)> = Vec::new();
+    let mut batch_start: Option<BatchStart> = None;
+    let (tail_segment, tail_chain_index, tail_offset) = loop {
+        let seg = match chain.get(&chain_index).and_then(|id| s.segments.read().get(id).cloned()) {
             Some(seg) => seg,
-            None => {
+            None if batch_start.is_none() => {
                 // Nothing was ever durably written here: start the segment anew.
-                let seg = recreate_log_segment(
-                    s,
-                    meta.id,
-                    chain_index,
-                    chain.get(&chain_index).copied(),
-                )?;
-                offset = SEGMENT_HEADER_BYTES;
-                break seg;
+                let seg = recreate_log_segment(s, meta.id, chain_index, chain.get(&chain_index).copied())?;
+                break (seg, chain_index, SEGMENT_HEADER_BYTES);
+            }
+            None => {
+                return Err(Error::CorruptSegment {
+                    path: segment_path(&s.segments_dir, chain.get(&chain_index).copied().unwrap_or(0)),
+                    why: format!("log segment {chain_index} of volume {} is missing mid-write", meta.name),
+                })
             }
         };
         let mut sealed = false;
-        let (valid_end, stop) =
-            seg.scan(offset, |at, h, payload| {
-                if h.volume_id != meta.id || h.seq != last_seq + 1 {
-                    return ScanStep::Stop;
-                }
-                last_seq = h.seq;
-                bytes_replayed += h.total_bytes();
-                match h.kind {
-                    RecordKind::Write => {
-                        map.insert(
-                            h.lba,
-                            Extent {
-                                segment_id: seg.id,
-                                record_offset: at as u32,
-                                stored_len: h.stored_len,
-                                payload_crc: h.payload_crc,
-                                len_sectors: h.len_sectors,
-                                skip_sectors: 0,
-                                record_sectors: h.len_sectors as u8,
-                                flags: h.flags,
-                            },
-                        );
+        let (valid_end, stop) = seg.scan(offset, |at, h, payload| {
+            if h.volume_id != meta.id || h.seq != last_seq + 1 {
+                return ScanStep::Stop;
+            }
+            match h.kind {
+                RecordKind::Write | RecordKind::Zero | RecordKind::Discard => {
+                    if batch_start.is_none() {
+                        batch_start = Some(BatchStart {
+                            segment: seg.clone(),
+                            chain_index,
+                            offset: at,
+                            seq_before: last_seq,
+                        });
                     }
-                    RecordKind::Zero | RecordKind::Discard => {
-                        map.punch(h.lba, h.lba + u64::from(h.len_sectors));
-                    }
-                    RecordKind::Resize => size_bytes = size_bytes.max(h.aux),
-                    RecordKind::Snapshot => {
-                        let id = h.aux;
-                        if !snapshot_maps.contains_key(&id) {
-                            let name = String::from_utf8_lossy(payload).into_owned();
-                            let m = catalog_snaps.get(&id).map(|m| (*m).clone()).unwrap_or(
-                                SnapshotMeta {
-                                    id,
-                                    name,
-                                    volume_id: meta.id,
-                                    seq: h.seq,
-                                    size_bytes,
-                                    created_unix_s: now_unix_s(),
-                                },
-                            );
-                            frozen.push(Arc::new(SnapshotInner::new(m, map.clone(), false)));
+                    let extent = Extent {
+                        segment_id: seg.id,
+                        record_offset: at as u32,
+                        stored_len: h.stored_len,
+                        payload_crc: h.payload_crc,
+                        len_sectors: h.len_sectors,
+                        skip_sectors: 0,
+                        record_sectors: h.len_sectors as u8,
+                        flags: h.flags & FLAG_COMPRESSED,
+                    };
+                    batch.push((h.kind, h.lba, extent));
+                    if h.flags & FLAG_CONTINUED == 0 {
+                        for (kind, lba, extent) in batch.drain(..) {
+                            if kind == RecordKind::Write {
+                                map.insert(lba, extent);
+                            } else {
+                                map.punch(lba, lba + u64::from(extent.len_sectors));
+                            }
                         }
-                    }
-                    RecordKind::Seal => {
-                        sealed = true;
-                        return ScanStep::StopAfter;
+                        batch_start = None;
                     }
                 }
+                // Only seals may fall inside a multi-record write.
+                _ if batch_start.is_some() && h.kind != RecordKind::Seal => return ScanStep::Stop,
+                RecordKind::Resize => size_bytes = size_bytes.max(h.aux),
+                RecordKind::Snapshot => {
+                    let id = h.aux;
+                    if !snapshot_maps.contains_key(&id) {
+                        let name = String::from_utf8_lossy(payload).into_owned();
+                        let m = catalog_snaps.get(&id).map(|m| (*m).clone()).unwrap_or(SnapshotMeta {
+                            id,
+                            name,
+                            volume_id: meta.id,
+                            seq: h.seq,
+                            size_bytes,
+                            created_unix_s: now_unix_s(),
+                        });
+                        frozen.push(Arc::new(SnapshotInner::new(m, map.clone(), false)));
+                    }
+                }
+                RecordKind::Seal => sealed = true,
+            }
+            last_seq = h.seq;
+            bytes_replayed += h.total_bytes();
+            if sealed {
+                ScanStep::StopAfter
+            } else {
                 ScanStep::Continue
-            })?;
+            }
+        })?;
         if sealed {
             chain_index += 1;
             offset = SEGMENT_HEADER_BYTES;
@@ -251,22 +265,30 @@ fn replay_volume(
                 "log ends at an unverifiable record ({why}); cutting the unflushed tail"
             );
         }
+        // The log ends here, or where the torn write began.
+        let (cut_segment, cut_chain_index, cut_offset) = match batch_start.take() {
+            Some(b) => {
+                last_seq = b.seq_before;
+                (b.segment, b.chain_index, b.offset)
+            }
+            None => (seg, chain_index, valid_end),
+        };
         // Cut the tail and forget any later segments of the chain: nothing
         // in them was acknowledged by a flush.
-        seg.file
-            .set_len(valid_end)
-            .and_then(|()| seg.file.sync_all())
-            .map_err(|e| Error::io(&seg.path, e))?;
-        for (&later_index, &later_id) in chain.range(chain_index + 1..) {
+        cut_segment
+            .file
+            .set_len(cut_offset)
+            .and_then(|()| cut_segment.file.sync_all())
+            .map_err(|e| Error::io(&cut_segment.path, e))?;
+        for (&later_index, &later_id) in chain.range(cut_chain_index + 1..) {
             tracing::info!(volume = %meta.name, chain_index = later_index, "dropping log segment past the end of the log");
             s.segments.write().remove(&later_id);
             Catalog::remove(&s.catalog.segments, later_id)?;
             remove_if_exists(&segment_path(&s.segments_dir, later_id))?;
         }
-        offset = valid_end;
-        break seg;
+        break (cut_segment, cut_chain_index, cut_offset);
     };
-    debug_assert!(offset >= SEGMENT_HEADER_BYTES);
+    debug_assert!(tail_offset >= SEGMENT_HEADER_BYTES);
     tracing::debug!(volume = %meta.name, bytes_replayed, "volume replayed");
     let state = VolState {
         map,
@@ -274,16 +296,24 @@ fn replay_volume(
         next_seq: last_seq + 1,
         tail: LogTail {
             segment: tail_segment.clone(),
-            chain_index,
-            offset,
+            chain_index: tail_chain_index,
+            offset: tail_offset,
         },
         dirty: Vec::new(),
         durable_seq: last_seq,
-        durable_tail: (tail_segment.id, offset),
+        durable_tail: (tail_segment.id, tail_offset),
         ckpt_position,
         bytes_since_ckpt: bytes_replayed,
     };
     Ok((state, frozen))
+}
+
+/// Where the write being replayed began, to cut there if it is torn.
+struct BatchStart {
+    segment: Arc<SegmentFile>,
+    chain_index: u64,
+    offset: u64,
+    seq_before: u64,
 }
 
 fn recreate_log_segment(

@@ -256,21 +256,29 @@ impl Volume {
         )?;
         let mut batch = Batch::default();
         let first_lba = offset_bytes / SECTOR_BYTES;
+        let chunk_count = data.len().div_ceil(MAX_RECORD_DATA_BYTES);
         for (i, chunk) in data.chunks(MAX_RECORD_DATA_BYTES).enumerate() {
             let lba = first_lba + (i * MAX_RECORD_DATA_BYTES) as u64 / SECTOR_BYTES;
             let sectors = (chunk.len() as u64 / SECTOR_BYTES) as u32;
+            // All records of one write but the last say "continued", so
+            // recovery applies the write whole or not at all.
+            let continued = if i + 1 < chunk_count { record::FLAG_CONTINUED } else { 0 };
             match record::encode_data(chunk) {
-                None => batch.push(
-                    header(RecordKind::Zero, self.inner.id, lba, sectors),
-                    &[],
-                    MapEffect::Punch {
-                        lba,
-                        len_sectors: u64::from(sectors),
-                    },
-                ),
+                None => {
+                    let mut h = header(RecordKind::Zero, self.inner.id, lba, sectors);
+                    h.flags = continued;
+                    batch.push(
+                        h,
+                        &[],
+                        MapEffect::Punch {
+                            lba,
+                            len_sectors: u64::from(sectors),
+                        },
+                    )
+                }
                 Some((flags, payload)) => {
                     let mut h = header(RecordKind::Write, self.inner.id, lba, sectors);
-                    h.flags = flags;
+                    h.flags = flags | continued;
                     let extent = Extent {
                         segment_id: 0, // placed under the lock
                         record_offset: 0,
