@@ -93,7 +93,10 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 
 impl Catalog {
     pub fn open(path: &std::path::Path) -> Result<Self> {
-        let db = sled::Config::new().path(path).open()?;
+        // No background flusher: the engine flushes exactly where durability
+        // matters (and a flusher thread would keep the database locked for a
+        // moment after the store is dropped, racing a reopen).
+        let db = sled::Config::new().path(path).flush_every_ms(None).open()?;
         Ok(Catalog {
             volumes: db.open_tree("volumes")?,
             snapshots: db.open_tree("snapshots")?,

@@ -150,7 +150,8 @@ impl RecordHeader {
         let kind = RecordKind::from_u8(b[8]).ok_or(RecordError::BadKind(b[8]))?;
         let flags = b[9];
         let compressed_ok = flags & FLAG_COMPRESSED == 0 || kind == RecordKind::Write;
-        let continued_ok = flags & FLAG_CONTINUED == 0 || matches!(kind, RecordKind::Write | RecordKind::Zero);
+        let continued_ok =
+            flags & FLAG_CONTINUED == 0 || matches!(kind, RecordKind::Write | RecordKind::Zero);
         if flags & !(FLAG_COMPRESSED | FLAG_CONTINUED) != 0 || !compressed_ok || !continued_ok {
             return Err(RecordError::BadFlags(flags));
         }

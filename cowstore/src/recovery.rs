@@ -119,6 +119,9 @@ pub(crate) fn recover(s: &Arc<StoreInner>) -> Result<()> {
             s.catalog.release_name(&name)?;
         }
     }
+    for snap in snapshot_maps.values() {
+        snap.ready.store(true, std::sync::atomic::Ordering::Release);
+    }
     *s.snapshots.write() = snapshot_maps.into_iter().collect();
     remove_orphan_checkpoints(s, &live_volumes, &snapshot_ids)?;
     s.catalog.flush()?;
@@ -173,17 +176,31 @@ fn replay_volume(
     let mut batch: Vec<(RecordKind, u64, Extent)> = Vec::new();
     let mut batch_start: Option<BatchStart> = None;
     let (tail_segment, tail_chain_index, tail_offset) = loop {
-        let seg = match chain.get(&chain_index).and_then(|id| s.segments.read().get(id).cloned()) {
+        let seg = match chain
+            .get(&chain_index)
+            .and_then(|id| s.segments.read().get(id).cloned())
+        {
             Some(seg) => seg,
             None if batch_start.is_none() => {
                 // Nothing was ever durably written here: start the segment anew.
-                let seg = recreate_log_segment(s, meta.id, chain_index, chain.get(&chain_index).copied())?;
+                let seg = recreate_log_segment(
+                    s,
+                    meta.id,
+                    chain_index,
+                    chain.get(&chain_index).copied(),
+                )?;
                 break (seg, chain_index, SEGMENT_HEADER_BYTES);
             }
             None => {
                 return Err(Error::CorruptSegment {
-                    path: segment_path(&s.segments_dir, chain.get(&chain_index).copied().unwrap_or(0)),
-                    why: format!("log segment {chain_index} of volume {} is missing mid-write", meta.name),
+                    path: segment_path(
+                        &s.segments_dir,
+                        chain.get(&chain_index).copied().unwrap_or(0),
+                    ),
+                    why: format!(
+                        "log segment {chain_index} of volume {} is missing mid-write",
+                        meta.name
+                    ),
                 })
             }
         };
@@ -231,14 +248,18 @@ fn replay_volume(
                     let id = h.aux;
                     if !snapshot_maps.contains_key(&id) {
                         let name = String::from_utf8_lossy(payload).into_owned();
-                        let m = catalog_snaps.get(&id).map(|m| (*m).clone()).unwrap_or(SnapshotMeta {
-                            id,
-                            name,
-                            volume_id: meta.id,
-                            seq: h.seq,
-                            size_bytes,
-                            created_unix_s: now_unix_s(),
-                        });
+                        let m =
+                            catalog_snaps
+                                .get(&id)
+                                .map(|m| (*m).clone())
+                                .unwrap_or(SnapshotMeta {
+                                    id,
+                                    name,
+                                    volume_id: meta.id,
+                                    seq: h.seq,
+                                    size_bytes,
+                                    created_unix_s: now_unix_s(),
+                                });
                         frozen.push(Arc::new(SnapshotInner::new(m, map.clone(), false)));
                     }
                 }

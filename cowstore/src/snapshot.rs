@@ -24,6 +24,8 @@ pub(crate) struct SnapshotInner {
     /// Never changes what it reads; the cleaner may change where.
     pub map: RwLock<ExtentMap>,
     pub ckpt_written: AtomicBool,
+    /// False while the snapshot is being taken (its marker not yet durable).
+    pub ready: AtomicBool,
     ckpt_lock: Mutex<()>,
 }
 
@@ -33,6 +35,7 @@ impl SnapshotInner {
             meta,
             map: RwLock::new(map),
             ckpt_written: AtomicBool::new(ckpt_written),
+            ready: AtomicBool::new(false),
             ckpt_lock: Mutex::new(()),
         }
     }

@@ -200,6 +200,9 @@ impl StoreInner {
         for s in pending {
             s.write_checkpoint(&self.ckpt_dir, false)?;
         }
+        // Catalog entries of those snapshots must be durable before replay
+        // stops passing their markers (recovery re-adds them from markers).
+        self.catalog.flush()?;
         Checkpoint {
             kind: CheckpointKind::Volume,
             id: v.id,
@@ -232,17 +235,14 @@ impl StoreInner {
     fn snapshot_by_name(&self, name: &str) -> Result<Arc<SnapshotInner>> {
         let not_found = || Error::SnapshotNotFound(name.to_string());
         match self.catalog.lookup_name(name)? {
-            // The catalog entry is written once the snapshot is durable, so
-            // a snapshot still being taken is not handed out.
-            Some(NameTarget::Snapshot(id))
-                if self.catalog.snapshots.contains_key(id.to_be_bytes())? =>
-            {
-                self.snapshots
-                    .read()
-                    .get(&id)
-                    .cloned()
-                    .ok_or_else(not_found)
-            }
+            // A snapshot still being taken is not handed out.
+            Some(NameTarget::Snapshot(id)) => self
+                .snapshots
+                .read()
+                .get(&id)
+                .filter(|snap| snap.ready.load(Ordering::Acquire))
+                .cloned()
+                .ok_or_else(not_found),
             _ => Err(not_found()),
         }
     }
@@ -546,29 +546,30 @@ impl Store {
                     size_bytes: st.size_bytes,
                     created_unix_s,
                 };
-                s.snapshots.write().insert(
-                    id,
-                    Arc::new(SnapshotInner::new(m.clone(), st.map.clone(), false)),
-                );
-                meta = Some(m);
+                // In the catalog before any checkpoint can pass the marker:
+                // a checkpoint flushes the catalog before it is written.
+                let put = Catalog::put(&s.catalog.snapshots, id, &m);
+                let snap = Arc::new(SnapshotInner::new(m.clone(), st.map.clone(), false));
+                s.snapshots.write().insert(id, snap.clone());
+                meta = Some((m, snap, put));
             }))
         };
         let result = marked.and_then(|_| futures::executor::block_on(handle.flush()));
-        let meta = match (result, meta) {
-            (Ok(()), Some(meta)) => meta,
-            (res, _) => {
+        let (meta, snap) = match (result, meta) {
+            (Ok(()), Some((meta, snap, Ok(())))) => (meta, snap),
+            (res, put) => {
                 s.snapshots.write().remove(&id);
+                let _ = Catalog::remove(&s.catalog.snapshots, id);
                 let _ = s.catalog.release_name(name);
                 res?;
+                if let Some((_, _, Err(e))) = put {
+                    return Err(e);
+                }
                 return Err(Error::Closed);
             }
         };
-        Catalog::put(&s.catalog.snapshots, id, &meta)?;
-        let extent_count = s
-            .snapshots
-            .read()
-            .get(&id)
-            .map_or(0, |x| x.map.read().len());
+        snap.ready.store(true, Ordering::Release);
+        let extent_count = snap.map.read().len();
         Ok(SnapshotInfo {
             name: meta.name,
             id,
@@ -588,15 +589,10 @@ impl Store {
     }
 
     pub fn snapshots(&self) -> Vec<SnapshotInfo> {
-        let committed: Vec<u64> = Catalog::all::<SnapshotMeta>(&self.inner.catalog.snapshots)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|m| m.id)
-            .collect();
         let reg = self.inner.snapshots.read();
-        let mut out: Vec<_> = committed
-            .iter()
-            .filter_map(|id| reg.get(id))
+        let mut out: Vec<_> = reg
+            .values()
+            .filter(|x| x.ready.load(Ordering::Acquire))
             .map(|x| SnapshotInfo {
                 name: x.meta.name.clone(),
                 id: x.meta.id,

@@ -262,7 +262,11 @@ impl Volume {
             let sectors = (chunk.len() as u64 / SECTOR_BYTES) as u32;
             // All records of one write but the last say "continued", so
             // recovery applies the write whole or not at all.
-            let continued = if i + 1 < chunk_count { record::FLAG_CONTINUED } else { 0 };
+            let continued = if i + 1 < chunk_count {
+                record::FLAG_CONTINUED
+            } else {
+                0
+            };
             match record::encode_data(chunk) {
                 None => {
                     let mut h = header(RecordKind::Zero, self.inner.id, lba, sectors);

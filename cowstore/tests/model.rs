@@ -29,21 +29,62 @@ enum Fill {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Create { slot: u8, sectors: u16 },
-    Write { slot: u8, at: u16, len: u16, fill: Fill },
-    Read { slot: u8, at: u16, len: u16 },
-    Flush { slot: u8 },
-    Discard { slot: u8, at: u16, len: u16 },
-    WriteZeroes { slot: u8, at: u16, len: u16 },
-    Resize { slot: u8, grow: u16 },
-    Snapshot { slot: u8 },
-    ReadSnapshot { pick: u16, at: u16, len: u16 },
-    Clone { pick: u16, slot: u8 },
-    DeleteVolume { slot: u8 },
-    DeleteSnapshot { pick: u16 },
+    Create {
+        slot: u8,
+        sectors: u16,
+    },
+    Write {
+        slot: u8,
+        at: u16,
+        len: u16,
+        fill: Fill,
+    },
+    Read {
+        slot: u8,
+        at: u16,
+        len: u16,
+    },
+    Flush {
+        slot: u8,
+    },
+    Discard {
+        slot: u8,
+        at: u16,
+        len: u16,
+    },
+    WriteZeroes {
+        slot: u8,
+        at: u16,
+        len: u16,
+    },
+    Resize {
+        slot: u8,
+        grow: u16,
+    },
+    Snapshot {
+        slot: u8,
+    },
+    ReadSnapshot {
+        pick: u16,
+        at: u16,
+        len: u16,
+    },
+    Clone {
+        pick: u16,
+        slot: u8,
+    },
+    DeleteVolume {
+        slot: u8,
+    },
+    DeleteSnapshot {
+        pick: u16,
+    },
     Gc,
     Reopen,
-    Crash { cut_at: u16, corrupt: bool },
+    Crash {
+        cut_at: u16,
+        corrupt: bool,
+    },
 }
 
 fn fill_strategy() -> impl Strategy<Value = Fill> {
@@ -179,7 +220,12 @@ impl Harness {
         assert_eq!(names, expected, "snapshot list");
         let mut vols: Vec<String> = store.volumes().into_iter().map(|v| v.name).collect();
         vols.sort();
-        let mut expected: Vec<String> = self.volumes.iter().flatten().map(|m| m.name.clone()).collect();
+        let mut expected: Vec<String> = self
+            .volumes
+            .iter()
+            .flatten()
+            .map(|m| m.name.clone())
+            .collect();
         expected.sort();
         assert_eq!(vols, expected, "volume list");
     }
@@ -201,8 +247,15 @@ impl Harness {
                     data,
                 });
             }
-            Op::Write { slot, at, len, fill } => {
-                let Some(m) = self.volumes[slot as usize].as_mut() else { return };
+            Op::Write {
+                slot,
+                at,
+                len,
+                fill,
+            } => {
+                let Some(m) = self.volumes[slot as usize].as_mut() else {
+                    return;
+                };
                 let (off, len) = clamp(m.data.len() as u64, at, len);
                 let data = make_data(&fill, len as usize);
                 let v = self.store.as_ref().unwrap().volume(&m.name).unwrap();
@@ -211,20 +264,30 @@ impl Harness {
                 m.changed();
             }
             Op::Read { slot, at, len } => {
-                let Some(m) = self.volumes[slot as usize].as_ref() else { return };
+                let Some(m) = self.volumes[slot as usize].as_ref() else {
+                    return;
+                };
                 let (off, len) = clamp(m.data.len() as u64, at, len);
                 let v = self.store().volume(&m.name).unwrap();
                 let got = block_on(v.read(off, len)).unwrap();
-                assert!(got == m.data[off as usize..(off + len) as usize], "read of {} at {off}+{len}", m.name);
+                assert!(
+                    got == m.data[off as usize..(off + len) as usize],
+                    "read of {} at {off}+{len}",
+                    m.name
+                );
             }
             Op::Flush { slot } => {
-                let Some(m) = self.volumes[slot as usize].as_mut() else { return };
+                let Some(m) = self.volumes[slot as usize].as_mut() else {
+                    return;
+                };
                 let v = self.store.as_ref().unwrap().volume(&m.name).unwrap();
                 block_on(v.flush()).unwrap();
                 m.flushed();
             }
             Op::Discard { slot, at, len } | Op::WriteZeroes { slot, at, len } => {
-                let Some(m) = self.volumes[slot as usize].as_mut() else { return };
+                let Some(m) = self.volumes[slot as usize].as_mut() else {
+                    return;
+                };
                 let (off, len) = clamp(m.data.len() as u64, at, len);
                 let v = self.store.as_ref().unwrap().volume(&m.name).unwrap();
                 if matches!(op, Op::Discard { .. }) {
@@ -236,7 +299,9 @@ impl Harness {
                 m.changed();
             }
             Op::Resize { slot, grow } => {
-                let Some(m) = self.volumes[slot as usize].as_mut() else { return };
+                let Some(m) = self.volumes[slot as usize].as_mut() else {
+                    return;
+                };
                 let new_size = m.data.len() as u64 + u64::from(grow) * SECTOR;
                 let v = self.store.as_ref().unwrap().volume(&m.name).unwrap();
                 block_on(v.resize(new_size)).unwrap();
@@ -245,25 +310,42 @@ impl Harness {
             }
             Op::Snapshot { slot } => {
                 let name = self.fresh_name("snap");
-                let Some(m) = self.volumes[slot as usize].as_mut() else { return };
-                self.store.as_ref().unwrap().create_snapshot(&m.name, &name).unwrap();
+                let Some(m) = self.volumes[slot as usize].as_mut() else {
+                    return;
+                };
+                self.store
+                    .as_ref()
+                    .unwrap()
+                    .create_snapshot(&m.name, &name)
+                    .unwrap();
                 m.flushed();
                 self.snapshots.insert(name, m.data.clone());
             }
             Op::ReadSnapshot { pick, at, len } => {
-                let Some((name, data)) = self.snapshots.iter().nth(pick as usize % self.snapshots.len().max(1)) else {
+                let Some((name, data)) = self
+                    .snapshots
+                    .iter()
+                    .nth(pick as usize % self.snapshots.len().max(1))
+                else {
                     return;
                 };
                 let (off, len) = clamp(data.len() as u64, at, len);
                 let s = self.store().snapshot(name).unwrap();
                 let got = block_on(s.read(off, len)).unwrap();
-                assert!(got == data[off as usize..(off + len) as usize], "read of snapshot {name}");
+                assert!(
+                    got == data[off as usize..(off + len) as usize],
+                    "read of snapshot {name}"
+                );
             }
             Op::Clone { pick, slot } => {
                 if self.volumes[slot as usize].is_some() || self.snapshots.is_empty() {
                     return;
                 }
-                let (snap, data) = self.snapshots.iter().nth(pick as usize % self.snapshots.len()).unwrap();
+                let (snap, data) = self
+                    .snapshots
+                    .iter()
+                    .nth(pick as usize % self.snapshots.len())
+                    .unwrap();
                 let (snap, data) = (snap.clone(), data.clone());
                 let name = self.fresh_name("clone");
                 self.store().clone_snapshot(&snap, &name).unwrap();
@@ -274,13 +356,20 @@ impl Harness {
                 });
             }
             Op::DeleteVolume { slot } => {
-                let Some(m) = self.volumes[slot as usize].take() else { return };
+                let Some(m) = self.volumes[slot as usize].take() else {
+                    return;
+                };
                 self.store().delete_volume(&m.name).unwrap();
                 // A deleted volume's name is free again and its data unreadable.
                 assert!(self.store().volume(&m.name).is_err());
             }
             Op::DeleteSnapshot { pick } => {
-                let Some(name) = self.snapshots.keys().nth(pick as usize % self.snapshots.len().max(1)).cloned() else {
+                let Some(name) = self
+                    .snapshots
+                    .keys()
+                    .nth(pick as usize % self.snapshots.len().max(1))
+                    .cloned()
+                else {
                     return;
                 };
                 self.store().delete_snapshot(&name).unwrap();
@@ -320,7 +409,10 @@ impl Harness {
         // Stop background checkpoints first, so the unflushed region we
         // read is still unflushed when the store is gone.
         store.abandon();
-        let regions: Vec<_> = handles.iter().filter_map(|v| v.unflushed_log().into_iter().next()).collect();
+        let regions: Vec<_> = handles
+            .iter()
+            .filter_map(|v| v.unflushed_log().into_iter().next())
+            .collect();
         drop(handles);
         for (i, (path, from)) in regions.into_iter().enumerate() {
             let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -328,7 +420,11 @@ impl Harness {
                 continue;
             }
             let span = len - from;
-            let at = from + (u64::from(cut_at).wrapping_mul(31).wrapping_add(i as u64 * 7919)) % span;
+            let at = from
+                + (u64::from(cut_at)
+                    .wrapping_mul(31)
+                    .wrapping_add(i as u64 * 7919))
+                    % span;
             if corrupt {
                 let mut bytes = std::fs::read(&path).unwrap();
                 bytes[at as usize] ^= 0x5a;
@@ -359,7 +455,10 @@ impl Harness {
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000)
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
 }
 
 proptest! {

@@ -1,0 +1,388 @@
+//! Targeted engine tests: integrity errors, limits, GC liveness, clones,
+//! concurrency, recovery edge cases. The random interleavings live in
+//! `model.rs`; these pin down one behaviour each.
+
+use std::sync::Arc;
+
+use cowstore::{Error, IoBackendChoice, Store, StoreConfig};
+use futures::executor::block_on;
+
+fn config(io: IoBackendChoice) -> StoreConfig {
+    StoreConfig {
+        segment_bytes: 64 << 10,
+        io_backend: io,
+        checkpoint_interval_bytes: 1 << 40,
+        gc_live_threshold_pct: 50,
+    }
+}
+
+fn new_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(dir.path().join("s"), config(IoBackendChoice::Auto)).unwrap();
+    (dir, store)
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn checksum_mismatch_is_an_error_naming_volume_address_and_segment() {
+    let (dir, store) = new_store();
+    let v = store.create_volume("disk", 1 << 20).unwrap();
+    block_on(v.write(8192, &pattern(1, 4096))).unwrap();
+    block_on(v.flush()).unwrap();
+    drop(v);
+    store.close().unwrap();
+    // Flip one payload byte of the only data record on disk.
+    let seg_dir = dir.path().join("s/segments");
+    let mut hit = false;
+    for entry in std::fs::read_dir(&seg_dir).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        if bytes.len() > 64 + 56 + 4096 - 1 {
+            bytes[64 + 56 + 100] ^= 1;
+            std::fs::write(&path, bytes).unwrap();
+            hit = true;
+        }
+    }
+    assert!(hit);
+    let store = Store::open(dir.path().join("s"), config(IoBackendChoice::Auto)).unwrap();
+    let v = store.volume("disk").unwrap();
+    let err = block_on(v.read(8192, 4096)).unwrap_err();
+    assert!(err.is_integrity());
+    match &err {
+        Error::Checksum {
+            volume,
+            offset_bytes,
+            ..
+        } => {
+            assert_eq!(volume, "disk");
+            assert_eq!(*offset_bytes, 8192);
+        }
+        other => panic!("expected a checksum error, got {other}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains("disk") && text.contains("8192") && text.contains("segment"),
+        "{text}"
+    );
+    // Data beside the bad extent still reads.
+    assert_eq!(block_on(v.read(0, 4096)).unwrap(), vec![0; 4096]);
+}
+
+#[test]
+fn limits_are_enforced_with_clear_errors() {
+    let (_dir, store) = new_store();
+    assert!(matches!(
+        store.create_volume("bad/name", 1 << 20),
+        Err(Error::InvalidName { .. })
+    ));
+    assert!(matches!(
+        store.create_volume("x", 1000),
+        Err(Error::InvalidSize { .. })
+    ));
+    assert!(matches!(
+        store.create_volume("x", 0),
+        Err(Error::InvalidSize { .. })
+    ));
+    assert!(matches!(
+        store.create_volume("x", 128 << 40),
+        Err(Error::InvalidSize { .. })
+    ));
+    let v = store.create_volume("x", 1 << 20).unwrap();
+    assert!(matches!(
+        store.create_volume("x", 1 << 20),
+        Err(Error::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        block_on(v.write(100, &[0; 512])),
+        Err(Error::Unaligned { .. })
+    ));
+    assert!(matches!(
+        block_on(v.write(0, &[0; 100])),
+        Err(Error::Unaligned { .. })
+    ));
+    assert!(matches!(
+        block_on(v.write(1 << 20, &[1; 512])),
+        Err(Error::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        block_on(v.read(u64::MAX - 511, 512)),
+        Err(Error::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        block_on(v.discard(0, 2 << 20)),
+        Err(Error::OutOfRange { .. })
+    ));
+    let big = store.create_volume("big", 1 << 30).unwrap();
+    assert!(matches!(
+        block_on(big.read(0, 33 << 20)),
+        Err(Error::TooLarge { .. })
+    ));
+    assert!(matches!(block_on(v.resize(512)), Err(Error::Shrink { .. })));
+    assert!(matches!(
+        store.volume("nope"),
+        Err(Error::VolumeNotFound(_))
+    ));
+    assert!(matches!(
+        store.snapshot("nope"),
+        Err(Error::SnapshotNotFound(_))
+    ));
+    // A snapshot is not a volume, and names are one namespace.
+    store.create_snapshot("x", "x-snap").unwrap();
+    assert!(matches!(
+        store.volume("x-snap"),
+        Err(Error::VolumeNotFound(_))
+    ));
+    assert!(matches!(
+        store.create_volume("x-snap", 1 << 20),
+        Err(Error::AlreadyExists(_))
+    ));
+}
+
+#[test]
+fn gc_frees_unreferenced_data_and_keeps_what_snapshots_and_clones_read() {
+    let (_dir, store) = new_store();
+    let v = store.create_volume("v", 4 << 20).unwrap();
+    // Fill 2 MiB (about 32 segments of 64 KiB) with incompressible data.
+    let first = pattern(7, 2 << 20);
+    block_on(v.write(0, &first)).unwrap();
+    store.create_snapshot("v", "before").unwrap();
+    // Overwrite it all: the old data is referenced only by the snapshot.
+    let second = pattern(8, 2 << 20);
+    block_on(v.write(0, &second)).unwrap();
+    block_on(v.flush()).unwrap();
+    let r = store.gc().unwrap();
+    // Only segments without data (a marker, a seal) may go.
+    assert!(r.bytes_freed < 4096, "snapshot data must stay: {r:?}");
+    let snap = store.snapshot("before").unwrap();
+    assert_eq!(block_on(snap.read(0, 2 << 20)).unwrap(), first);
+    let clone = store.clone_snapshot("before", "c").unwrap();
+    store.delete_snapshot("before").unwrap();
+    let r = store.gc().unwrap();
+    assert!(
+        r.bytes_freed < 4096,
+        "clone still reads the old data: {r:?}"
+    );
+    assert_eq!(block_on(clone.read(0, 2 << 20)).unwrap(), first);
+    let disk_before = store.disk_bytes();
+    store.delete_volume("c").unwrap();
+    let r = store.gc().unwrap();
+    assert!(r.segments_deleted >= 25, "old data is free now: {r:?}");
+    assert!(store.disk_bytes() < disk_before - (1 << 20));
+    assert_eq!(block_on(v.read(0, 2 << 20)).unwrap(), second);
+}
+
+#[test]
+fn gc_relocates_live_records_out_of_mostly_dead_segments() {
+    let (dir, store) = new_store();
+    let v = store.create_volume("v", 8 << 20).unwrap();
+    let mut model = vec![0u8; 4 << 20];
+    for i in 0..1024u64 {
+        let data = pattern(i, 4096);
+        block_on(v.write(i * 4096, &data)).unwrap();
+        model[(i * 4096) as usize..((i + 1) * 4096) as usize].copy_from_slice(&data);
+    }
+    // Overwrite three blocks of every four: segments become 25% live.
+    for i in (0..1024u64).filter(|i| i % 4 != 0) {
+        let data = pattern(10_000 + i, 4096);
+        block_on(v.write(i * 4096, &data)).unwrap();
+        model[(i * 4096) as usize..((i + 1) * 4096) as usize].copy_from_slice(&data);
+    }
+    store.create_snapshot("v", "s").unwrap();
+    let r = store.gc().unwrap();
+    assert!(r.segments_cleaned > 0 && r.bytes_relocated > 0, "{r:?}");
+    assert!(r.bytes_freed > r.bytes_relocated, "{r:?}");
+    assert_eq!(block_on(v.read(0, 4 << 20)).unwrap(), model);
+    let snap = store.snapshot("s").unwrap();
+    assert_eq!(block_on(snap.read(0, 4 << 20)).unwrap(), model);
+    // The relocation survives a crash right after it.
+    drop((v, snap));
+    store.abandon();
+    let store = Store::open(dir.path().join("s"), config(IoBackendChoice::Auto)).unwrap();
+    let v = store.volume("v").unwrap();
+    assert_eq!(block_on(v.read(0, 4 << 20)).unwrap(), model);
+    let snap = store.snapshot("s").unwrap();
+    assert_eq!(block_on(snap.read(0, 4 << 20)).unwrap(), model);
+}
+
+#[test]
+fn snapshots_and_clones_nest() {
+    let (dir, store) = new_store();
+    let v = store.create_volume("base", 1 << 20).unwrap();
+    block_on(v.write(0, &[1; 4096])).unwrap();
+    let mut expected = vec![(String::from("base"), 1u8)];
+    let mut current = v;
+    for depth in 0..6u8 {
+        let snap = format!("s{depth}");
+        store.create_snapshot(current.name(), &snap).unwrap();
+        let clone = format!("c{depth}");
+        let c = store.clone_snapshot(&snap, &clone).unwrap();
+        // The clone sees its parent's data, then diverges.
+        assert_eq!(block_on(c.read(0, 4096)).unwrap(), vec![depth + 1; 4096]);
+        block_on(c.write(0, &[depth + 2; 4096])).unwrap();
+        block_on(c.flush()).unwrap();
+        expected.push((clone, depth + 2));
+        current = c;
+    }
+    drop(current);
+    store.close().unwrap();
+    let store = Store::open(dir.path().join("s"), config(IoBackendChoice::Blocking)).unwrap();
+    for (name, byte) in &expected {
+        let v = store.volume(name).unwrap();
+        assert_eq!(
+            block_on(v.read(0, 4096)).unwrap(),
+            vec![*byte; 4096],
+            "{name}"
+        );
+    }
+    for depth in 0..6u8 {
+        let s = store.snapshot(&format!("s{depth}")).unwrap();
+        assert_eq!(block_on(s.read(0, 4096)).unwrap(), vec![depth + 1; 4096]);
+    }
+}
+
+#[test]
+fn many_requests_in_flight_from_many_threads() {
+    let (_dir, store) = new_store();
+    let v = store.create_volume("v", 64 << 20).unwrap();
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let v = v.clone();
+            std::thread::spawn(move || {
+                // 256 requests in flight per thread, each to its own block.
+                block_on(async {
+                    let futs: Vec<_> = (0..256u64)
+                        .map(|i| {
+                            let block = t * 256 + i;
+                            let v = v.clone();
+                            async move { v.write(block * 4096, &pattern(block, 4096)).await }
+                        })
+                        .collect();
+                    for r in futures::future::join_all(futs).await {
+                        r.unwrap();
+                    }
+                    v.flush().await.unwrap();
+                });
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let v = Arc::new(v);
+    block_on(async {
+        let reads: Vec<_> = (0..1024u64).map(|b| v.read(b * 4096, 4096)).collect();
+        for (b, r) in futures::future::join_all(reads)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            assert_eq!(r.unwrap(), pattern(b as u64, 4096), "block {b}");
+        }
+    });
+}
+
+#[test]
+fn overlapping_writes_in_flight_resolve_in_submission_order() {
+    let (dir, store) = new_store();
+    let v = store.create_volume("v", 1 << 20).unwrap();
+    block_on(async {
+        // 32 overlapping writes submitted together: the last submitted wins,
+        // in memory and after recovery.
+        let bufs: Vec<Vec<u8>> = (0..32u8).map(|i| vec![i; 64 << 10]).collect();
+        let futs: Vec<_> = bufs
+            .iter()
+            .enumerate()
+            .map(|(i, b)| v.write(i as u64 * 512, b))
+            .collect();
+        for r in futures::future::join_all(futs).await {
+            r.unwrap();
+        }
+        v.flush().await.unwrap();
+    });
+    let expect = |buf: &[u8]| {
+        for (s, chunk) in buf.chunks(512).enumerate() {
+            let want = if s < 32 { s as u8 } else { 31 };
+            assert!(chunk.iter().all(|&b| b == want), "sector {s}");
+        }
+    };
+    expect(&block_on(v.read(0, (31 * 512) + (64 << 10))).unwrap());
+    drop(v);
+    store.abandon();
+    let store = Store::open(dir.path().join("s"), config(IoBackendChoice::Auto)).unwrap();
+    let v = store.volume("v").unwrap();
+    expect(&block_on(v.read(0, (31 * 512) + (64 << 10))).unwrap());
+}
+
+#[test]
+fn torn_multi_record_write_is_dropped_whole() {
+    let (dir, store) = new_store();
+    let v = store.create_volume("v", 4 << 20).unwrap();
+    block_on(v.write(0, &pattern(1, 4096))).unwrap();
+    block_on(v.flush()).unwrap();
+    // A 1 MiB write spans 16 records and several segments.
+    block_on(v.write(0, &pattern(2, 1 << 20))).unwrap();
+    let regions = v.unflushed_log();
+    drop(v);
+    store.abandon();
+    // Cut the log in the middle of the big write.
+    let (path, from) = regions.last().unwrap().clone();
+    let len = std::fs::metadata(&path).unwrap().len();
+    assert!(len > from + 1000);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(from + (len - from) / 2)
+        .unwrap();
+    let store = Store::open(dir.path().join("s"), config(IoBackendChoice::Auto)).unwrap();
+    let v = store.volume("v").unwrap();
+    let mut want = vec![0u8; 1 << 20];
+    want[..4096].copy_from_slice(&pattern(1, 4096));
+    assert_eq!(block_on(v.read(0, 1 << 20)).unwrap(), want);
+    // The log continues cleanly after the cut.
+    block_on(v.write(0, &pattern(3, 8192))).unwrap();
+    block_on(v.flush()).unwrap();
+    drop(v);
+    store.abandon();
+    let store = Store::open(dir.path().join("s"), config(IoBackendChoice::Auto)).unwrap();
+    let v = store.volume("v").unwrap();
+    assert_eq!(block_on(v.read(0, 8192)).unwrap(), pattern(3, 8192));
+}
+
+#[test]
+fn recovery_replays_only_the_tail_after_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(IoBackendChoice::Auto);
+    cfg.checkpoint_interval_bytes = 256 << 10;
+    let store = Store::create(dir.path().join("s"), cfg.clone()).unwrap();
+    let v = store.create_volume("v", 8 << 20).unwrap();
+    for i in 0..512u64 {
+        block_on(v.write((i % 1024) * 4096, &pattern(i, 4096))).unwrap();
+    }
+    block_on(v.flush()).unwrap();
+    store.checkpoint_all().unwrap();
+    block_on(v.write(0, &pattern(999, 4096))).unwrap();
+    block_on(v.flush()).unwrap();
+    drop(v);
+    store.abandon();
+    // The state comes back from the checkpointed map plus the short tail.
+    let store = Store::open(dir.path().join("s"), cfg).unwrap();
+    let v = store.volume("v").unwrap();
+    assert_eq!(block_on(v.read(0, 4096)).unwrap(), pattern(999, 4096));
+    assert_eq!(block_on(v.read(4096, 4096)).unwrap(), pattern(1, 4096));
+    assert_eq!(
+        block_on(v.read(511 * 4096, 4096)).unwrap(),
+        pattern(511, 4096)
+    );
+}
