@@ -472,9 +472,12 @@ impl Volume {
             let mut placements = Vec::with_capacity(batch.records.len());
             let mut seals: Vec<(Arc<SegmentFile>, u64, Vec<u8>)> = Vec::new();
             for &(at, len, _) in &batch.records {
-                if st.tail.offset + len as u64 + RECORD_HEADER_BYTES as u64
-                    > self.store.segment_bytes
-                {
+                // Seal when the record and a seal would not fit, unless the
+                // segment is still empty: a segment always takes at least
+                // one record, so it exceeds the target by at most one.
+                let fits = st.tail.offset + len as u64 + RECORD_HEADER_BYTES as u64
+                    <= self.store.segment_bytes;
+                if !fits && st.tail.offset > crate::segment::SEGMENT_HEADER_BYTES {
                     let seq = st.next_seq;
                     st.next_seq += 1;
                     let mut seal = Vec::with_capacity(RECORD_HEADER_BYTES);
