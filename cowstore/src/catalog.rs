@@ -96,7 +96,24 @@ impl Catalog {
         // No background flusher: the engine flushes exactly where durability
         // matters (and a flusher thread would keep the database locked for a
         // moment after the store is dropped, racing a reopen).
-        let db = sled::Config::new().path(path).flush_every_ms(None).open()?;
+        let config = sled::Config::new().path(path).flush_every_ms(None);
+        // sled drops its file lock from its own I/O threads a moment after
+        // the last handle goes: a reopen in the same process (tests, a
+        // daemon restarting a store) may see the lock still held. Wait a
+        // bounded time for it; another process holding it still fails.
+        let mut attempts = 0;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock") && attempts < 100 =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         Ok(Catalog {
             volumes: db.open_tree("volumes")?,
             snapshots: db.open_tree("snapshots")?,

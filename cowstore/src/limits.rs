@@ -26,8 +26,8 @@ pub const MAX_TRIM_BYTES: u64 = 1 << 40;
 /// record's checksum) and the unit of compression.
 pub const MAX_RECORD_DATA_BYTES: usize = 64 << 10;
 
-/// Names of volumes and snapshots: 1..=128 bytes of `[A-Za-z0-9._-]`,
-/// not starting with `.` or `-`.
+/// Names of volumes and snapshots: 1..=128 bytes of `[A-Za-z0-9._@-]`,
+/// not starting with `.`, `-` or `@` (`vol@snap` is the usual snapshot name).
 pub const MAX_NAME_BYTES: usize = 128;
 
 /// Default sealed segment size.
@@ -55,14 +55,14 @@ pub fn check_name(name: &str) -> Result<(), crate::Error> {
     if name.len() > MAX_NAME_BYTES {
         return Err(bad("longer than 128 bytes"));
     }
-    if name.starts_with('.') || name.starts_with('-') {
-        return Err(bad("starts with '.' or '-'"));
+    if name.starts_with(['.', '-', '@']) {
+        return Err(bad("starts with '.', '-' or '@'"));
     }
     if !name
         .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
     {
-        return Err(bad("only A-Z a-z 0-9 . _ - are allowed"));
+        return Err(bad("only A-Z a-z 0-9 . _ - @ are allowed"));
     }
     Ok(())
 }
@@ -74,6 +74,8 @@ mod tests {
     #[test]
     fn names() {
         assert!(check_name("vm1-disk0.raw").is_ok());
+        assert!(check_name("vm1@monday").is_ok());
+        assert!(check_name("@x").is_err());
         assert!(check_name("").is_err());
         assert!(check_name(".hidden").is_err());
         assert!(check_name("-x").is_err());
