@@ -181,7 +181,7 @@ pub(crate) fn run(s: &Arc<StoreInner>) -> Result<GcReport> {
         }
     }
     for seg in &written {
-        seg.sync().map_err(|e| e)?;
+        seg.sync()?;
     }
 
     // 5. Point every map at the copies.

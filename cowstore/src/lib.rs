@@ -46,6 +46,7 @@ mod volume;
 pub use error::{Error, Result};
 pub use gc::GcReport;
 pub use io::IoBackendChoice;
+pub use recovery::RecoveryStats;
 pub use snapshot::Snapshot;
 pub use store::{SnapshotInfo, Store, StoreConfig, VolumeInfo};
 pub use volume::Volume;

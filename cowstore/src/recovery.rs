@@ -22,7 +22,17 @@ use crate::snapshot::SnapshotInner;
 use crate::store::{now_unix_s, remove_if_exists, StoreInner};
 use crate::volume::{LogTail, VolState, VolumeInner};
 
-pub(crate) fn recover(s: &Arc<StoreInner>) -> Result<()> {
+/// What the last open had to do to recover.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryStats {
+    /// Volumes loaded.
+    pub volumes: usize,
+    /// Log bytes replayed after the volumes' checkpoints.
+    pub log_bytes_replayed: u64,
+}
+
+pub(crate) fn recover(s: &Arc<StoreInner>) -> Result<RecoveryStats> {
+    let mut stats = RecoveryStats::default();
     let segment_metas: Vec<SegmentMeta> = Catalog::all(&s.catalog.segments)?;
     let volume_metas: Vec<VolumeMeta> = Catalog::all(&s.catalog.volumes)?;
     let snapshot_metas: Vec<SnapshotMeta> = Catalog::all(&s.catalog.snapshots)?;
@@ -73,6 +83,8 @@ pub(crate) fn recover(s: &Arc<StoreInner>) -> Result<()> {
     for meta in &volume_metas {
         let chain = chains.remove(&meta.id).unwrap_or_default();
         let (state, frozen) = replay_volume(s, meta, &chain, &snapshot_maps, &catalog_snaps)?;
+        stats.volumes += 1;
+        stats.log_bytes_replayed += state.bytes_since_ckpt;
         for snap in frozen {
             if !catalog_snaps.contains_key(&snap.meta.id) {
                 // The marker was flushed but the catalog write was lost.
@@ -125,7 +137,7 @@ pub(crate) fn recover(s: &Arc<StoreInner>) -> Result<()> {
     *s.snapshots.write() = snapshot_maps.into_iter().collect();
     remove_orphan_checkpoints(s, &live_volumes, &snapshot_ids)?;
     s.catalog.flush()?;
-    Ok(())
+    Ok(stats)
 }
 
 /// Loads one volume: its checkpoint (or its parent snapshot's map, or

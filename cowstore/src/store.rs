@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::extent_map::ExtentMap;
 use crate::io::{IoBackendChoice, SegmentIo};
 use crate::limits::{check_name, DEFAULT_SEGMENT_BYTES, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES};
+use crate::recovery::RecoveryStats;
 use crate::segment::{SegmentFile, SegmentHeader, SegmentKind, SEGMENT_HEADER_BYTES};
 use crate::snapshot::{Snapshot, SnapshotInner};
 use crate::volume::{check_size, LogTail, VolState, Volume, VolumeInner};
@@ -274,6 +275,7 @@ pub struct SnapshotInfo {
 pub struct Store {
     pub(crate) inner: Arc<StoreInner>,
     checkpointer: Option<JoinHandle<()>>,
+    recovery: RecoveryStats,
 }
 
 impl std::fmt::Debug for Store {
@@ -346,7 +348,7 @@ impl Store {
             checkpoint_tx: Mutex::new(Some(tx)),
             gc_tail: Mutex::new(None),
         });
-        crate::recovery::recover(&inner)?;
+        let recovery = crate::recovery::recover(&inner)?;
         let weak = Arc::downgrade(&inner);
         let checkpointer = std::thread::Builder::new()
             .name("cowstore-ckpt".into())
@@ -355,6 +357,7 @@ impl Store {
         Ok(Store {
             inner,
             checkpointer: Some(checkpointer),
+            recovery,
         })
     }
 
@@ -365,6 +368,11 @@ impl Store {
         } else {
             Self::create(dir, config)
         }
+    }
+
+    /// What opening this store had to replay.
+    pub fn recovery_stats(&self) -> RecoveryStats {
+        self.recovery
     }
 
     /// Name of the segment I/O backend in use (`io_uring` or `blocking`).

@@ -200,7 +200,7 @@ pub(crate) fn check_range(
     len_bytes: u64,
     limit_bytes: u64,
 ) -> Result<()> {
-    if offset_bytes % SECTOR_BYTES != 0 || len_bytes % SECTOR_BYTES != 0 {
+    if !offset_bytes.is_multiple_of(SECTOR_BYTES) || !len_bytes.is_multiple_of(SECTOR_BYTES) {
         return Err(Error::Unaligned {
             offset_bytes,
             len_bytes,
@@ -608,7 +608,7 @@ impl Volume {
 }
 
 pub(crate) fn check_size(size_bytes: u64) -> Result<()> {
-    if size_bytes == 0 || size_bytes % SECTOR_BYTES != 0 {
+    if size_bytes == 0 || !size_bytes.is_multiple_of(SECTOR_BYTES) {
         return Err(Error::InvalidSize {
             size_bytes,
             why: "must be a positive multiple of 512",

@@ -170,11 +170,11 @@ fn clamp(size_bytes: u64, at: u16, len: u16) -> (u64, u64) {
 }
 
 impl Harness {
-    fn new() -> Self {
+    fn new(io_backend: IoBackendChoice) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = StoreConfig {
             segment_bytes: 64 << 10,
-            io_backend: IoBackendChoice::Auto,
+            io_backend,
             checkpoint_interval_bytes: 192 << 10,
             gc_live_threshold_pct: 60,
         };
@@ -465,8 +465,14 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), max_shrink_iters: 2000, ..ProptestConfig::default() })]
 
     #[test]
-    fn engine_matches_model(ops in proptest::collection::vec(op_strategy(), 1..60)) {
-        let mut h = Harness::new();
+    fn engine_matches_model(
+        ops in proptest::collection::vec(op_strategy(), 1..60),
+        blocking_io in any::<bool>(),
+    ) {
+        // Both I/O backends (io_uring where the kernel has it, and the
+        // blocking fallback) run the same sequences.
+        let io = if blocking_io { IoBackendChoice::Blocking } else { IoBackendChoice::Auto };
+        let mut h = Harness::new(io);
         // Start with one volume so most sequences do I/O.
         h.apply(&Op::Create { slot: 0, sectors: 300 });
         for op in &ops {
