@@ -8,8 +8,9 @@
 //! Trees (keys are big-endian u64 ids, values JSON):
 //! - `volumes`: [`VolumeMeta`]; `snapshots`: [`SnapshotMeta`];
 //! - `segments`: [`SegmentMeta`]; `liveness`: [`Liveness`] from the last GC;
-//! - `names`: name -> `{"Volume": id}` or `{"Snapshot": id}` (one namespace);
-//! - `settings`: store-wide settings fixed at creation.
+//! - `names`: name -> `{"Volume": id}` or `{"Snapshot": id}` (one namespace).
+//!
+//! Store-wide settings live beside it in the `format` file.
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -59,6 +60,7 @@ pub enum NameTarget {
     Snapshot(u64),
 }
 
+/// Contents of the store's `format` file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settings {
     pub format_version: u32,
@@ -72,7 +74,6 @@ pub struct Catalog {
     pub segments: sled::Tree,
     pub liveness: sled::Tree,
     names: sled::Tree,
-    settings: sled::Tree,
 }
 
 fn key(id: u64) -> [u8; 8] {
@@ -120,7 +121,6 @@ impl Catalog {
             segments: db.open_tree("segments")?,
             liveness: db.open_tree("liveness")?,
             names: db.open_tree("names")?,
-            settings: db.open_tree("settings")?,
             db,
         })
     }
@@ -135,18 +135,6 @@ impl Catalog {
     pub fn generate_id(&self) -> Result<u64> {
         // sled ids start at 0; 0 is reserved to mean "none".
         Ok(self.db.generate_id()? + 1)
-    }
-
-    pub fn settings(&self) -> Result<Option<Settings>> {
-        match self.settings.get("settings")? {
-            Some(v) => Ok(Some(decode(b"settings", &v)?)),
-            None => Ok(None),
-        }
-    }
-
-    pub fn put_settings(&self, s: &Settings) -> Result<()> {
-        self.settings.insert("settings", encode(s))?;
-        Ok(())
     }
 
     /// Claims `name` for `target`; fails if the name is taken.

@@ -32,6 +32,10 @@ use crate::segment::{SegmentFile, SegmentHeader, SegmentKind, SEGMENT_HEADER_BYT
 use crate::snapshot::{Snapshot, SnapshotInner};
 use crate::volume::{check_size, LogTail, VolState, Volume, VolumeInner};
 
+/// The file that makes a directory a store: settings fixed at creation.
+const FORMAT_FILE: &str = "format";
+const FORMAT_VERSION: u32 = 1;
+
 /// Store settings.
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
@@ -297,38 +301,55 @@ impl Store {
                 config.segment_bytes
             )));
         }
-        if dir.join("catalog").exists() {
+        if dir.join(FORMAT_FILE).exists() {
             return Err(Error::StoreExists(dir.to_path_buf()));
         }
-        for sub in ["segments", "checkpoints"] {
+        for sub in ["segments", "checkpoints", "catalog"] {
             std::fs::create_dir_all(dir.join(sub)).map_err(|e| Error::io(dir.join(sub), e))?;
         }
-        let catalog = Catalog::open(&dir.join("catalog"))?;
-        catalog.put_settings(&Settings {
-            format_version: 1,
+        // The format file is written last and atomically: a directory
+        // without it is not a store yet, and creating it again is safe.
+        let settings = Settings {
+            format_version: FORMAT_VERSION,
             segment_bytes: config.segment_bytes,
-        })?;
-        catalog.flush()?;
-        drop(catalog);
+        };
+        let tmp = dir.join("format.tmp");
+        let body =
+            serde_json::to_vec_pretty(&settings).map_err(|e| Error::Config(e.to_string()))?;
+        std::fs::write(&tmp, body)
+            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, dir.join(FORMAT_FILE)))
+            .map_err(|e| Error::io(&tmp, e))?;
+        sync_dir(dir)?;
         Self::open(dir, config)
     }
 
     /// Opens an existing store, recovering from any crash.
     pub fn open(dir: impl AsRef<Path>, config: StoreConfig) -> Result<Store> {
         let dir = dir.as_ref();
-        if !dir.join("catalog").exists() {
-            return Err(Error::NotAStore(dir.to_path_buf()));
-        }
-        let catalog = Catalog::open(&dir.join("catalog"))?;
-        let settings = catalog
-            .settings()?
-            .ok_or_else(|| Error::NotAStore(dir.to_path_buf()))?;
-        if settings.format_version != 1 {
+        let format_path = dir.join(FORMAT_FILE);
+        let body = match std::fs::read(&format_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotAStore(dir.to_path_buf()))
+            }
+            Err(e) => return Err(Error::io(&format_path, e)),
+        };
+        let settings: Settings = serde_json::from_slice(&body)
+            .map_err(|e| Error::Config(format!("{}: {e}", format_path.display())))?;
+        if settings.format_version != FORMAT_VERSION {
             return Err(Error::Config(format!(
                 "store format version {} is not supported",
                 settings.format_version
             )));
         }
+        if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&settings.segment_bytes) {
+            return Err(Error::Config(format!(
+                "{}: bad segment size",
+                format_path.display()
+            )));
+        }
+        let catalog = Catalog::open(&dir.join("catalog"))?;
         let io = SegmentIo::new(config.io_backend).map_err(|e| Error::io(dir, e))?;
         tracing::info!(store = %dir.display(), io = io.name(), "opening store");
         let (tx, rx) = mpsc::channel();
@@ -363,7 +384,7 @@ impl Store {
 
     /// Opens the store in `dir`, creating it if it does not exist.
     pub fn open_or_create(dir: impl AsRef<Path>, config: StoreConfig) -> Result<Store> {
-        if dir.as_ref().join("catalog").exists() {
+        if dir.as_ref().join(FORMAT_FILE).exists() {
             Self::open(dir, config)
         } else {
             Self::create(dir, config)

@@ -485,6 +485,13 @@ impl Volume {
                     h.seq = seq;
                     h.encode_with_payload(&[], &mut seal);
                     seals.push((st.tail.segment.clone(), st.tail.offset, seal));
+                    // The seal must be synced by the next flush even if that
+                    // flush already took the segment off the dirty list:
+                    // replay only crosses into the next segment at a seal.
+                    let sealed = st.tail.segment.clone();
+                    if !st.dirty.iter().any(|d| Arc::ptr_eq(d, &sealed)) {
+                        st.dirty.push(sealed);
+                    }
                     st.tail.offset += RECORD_HEADER_BYTES as u64;
                     if let Err(e) = self.store.roll_log(v, &mut st) {
                         v.fail(format!("cannot start a new log segment: {e}"));
