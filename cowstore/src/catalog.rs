@@ -33,6 +33,12 @@ pub struct SnapshotMeta {
     pub id: u64,
     pub name: String,
     pub volume_id: u64,
+    /// Name of the volume it was taken of (kept after the volume is gone).
+    #[serde(default)]
+    pub volume_name: String,
+    /// Its manifest is in the object store.
+    #[serde(default)]
+    pub published: bool,
     /// Sequence number of the snapshot's marker record in the volume's log.
     pub seq: u64,
     pub size_bytes: u64,
@@ -46,6 +52,9 @@ pub struct SegmentMeta {
     /// Owning volume for log segments, 0 for GC segments.
     pub volume_id: u64,
     pub chain_index: u64,
+    /// Size of the object once uploaded to the object store.
+    #[serde(default)]
+    pub remote_bytes: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,10 +74,15 @@ pub enum NameTarget {
 pub struct Settings {
     pub format_version: u32,
     pub segment_bytes: u64,
+    /// Mixed into every id this store generates, so that stores sharing an
+    /// object store bucket do not collide on segment and volume ids.
+    #[serde(default)]
+    pub id_salt: u64,
 }
 
 pub struct Catalog {
     db: sled::Db,
+    id_salt: u64,
     pub volumes: sled::Tree,
     pub snapshots: sled::Tree,
     pub segments: sled::Tree,
@@ -93,7 +107,7 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 impl Catalog {
-    pub fn open(path: &std::path::Path) -> Result<Self> {
+    pub fn open(path: &std::path::Path, id_salt: u64) -> Result<Self> {
         // No background flusher: the engine flushes exactly where durability
         // matters (and a flusher thread would keep the database locked for a
         // moment after the store is dropped, racing a reopen).
@@ -122,6 +136,7 @@ impl Catalog {
             liveness: db.open_tree("liveness")?,
             names: db.open_tree("names")?,
             db,
+            id_salt,
         })
     }
 
@@ -131,10 +146,15 @@ impl Catalog {
         Ok(())
     }
 
-    /// A fresh id, unique across crashes.
+    /// A fresh id, unique across crashes, and (salted) unlikely to collide
+    /// with another store's. 0 is reserved to mean "none".
     pub fn generate_id(&self) -> Result<u64> {
-        // sled ids start at 0; 0 is reserved to mean "none".
-        Ok(self.db.generate_id()? + 1)
+        loop {
+            let id = (self.db.generate_id()? + 1) ^ self.id_salt;
+            if id != 0 {
+                return Ok(id);
+            }
+        }
     }
 
     /// Claims `name` for `target`; fails if the name is taken.

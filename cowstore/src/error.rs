@@ -77,6 +77,16 @@ pub enum Error {
     Config(String),
     #[error("the store is closed")]
     Closed,
+    #[error("object store: {0}")]
+    ObjectStore(String),
+    #[error("object {0} not found in the object store")]
+    ObjectNotFound(String),
+    #[error("manifest {key} is corrupt: {why}")]
+    ManifestCorrupt { key: String, why: String },
+    #[error("volume {volume:?} is held for writing by {holder}; take the lease over explicitly if that holder is gone")]
+    LeaseHeld { volume: String, holder: String },
+    #[error("no object store is configured for this store")]
+    NoTier,
 }
 
 impl Error {
@@ -96,6 +106,7 @@ impl Error {
                 | Error::CorruptSegment { .. }
                 | Error::CorruptCheckpoint { .. }
                 | Error::CatalogCorrupt { .. }
+                | Error::ManifestCorrupt { .. }
         )
     }
 }

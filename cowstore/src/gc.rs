@@ -211,6 +211,28 @@ pub(crate) fn run(s: &Arc<StoreInner>) -> Result<GcReport> {
         }
     }
 
+    // Segments that live only in the object store cannot be cleaned here,
+    // but once nothing references them they leave the catalog (object GC
+    // then deletes the object).
+    if s.tier.is_some() {
+        let mut referenced: HashSet<u64> = HashSet::new();
+        for v in s.volumes.read().values() {
+            referenced.extend(v.state.read().map.iter().map(|(_, e)| e.segment_id));
+        }
+        for snap in s.snapshots.read().values() {
+            referenced.extend(snap.map.read().iter().map(|(_, e)| e.segment_id));
+        }
+        let local = s.segments.read();
+        for m in &metas {
+            if m.remote_bytes.is_some() && !local.contains_key(&m.id) && !referenced.contains(&m.id)
+            {
+                Catalog::remove(&s.catalog.segments, m.id)?;
+                s.remote.write().remove(&m.id);
+                report.segments_deleted += 1;
+            }
+        }
+    }
+
     // 7. Remove what nothing references any more: catalog first.
     let gone: Vec<(u64, u64)> = dead.iter().chain(cleaned.iter()).copied().collect();
     for &(id, _) in &gone {
@@ -227,8 +249,14 @@ pub(crate) fn run(s: &Arc<StoreInner>) -> Result<GcReport> {
     if !gone.is_empty() {
         sync_dir(&s.segments_dir)?;
     }
-    report.segments_deleted = dead.len();
+    report.segments_deleted += dead.len();
     report.segments_cleaned = cleaned.len();
+    // GC segments are sealed at the end of a pass: they go to the object
+    // store like any sealed segment.
+    let sealed_gc = s.gc_tail.lock().take();
+    if let Some((seg, _)) = sealed_gc {
+        s.segment_sealed(seg.id);
+    }
     tracing::info!(?report, "gc pass done");
     Ok(report)
 }

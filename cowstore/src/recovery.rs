@@ -44,10 +44,15 @@ pub(crate) fn recover(s: &Arc<StoreInner>) -> Result<RecoveryStats> {
     {
         let mut table = s.segments.write();
         for m in &segment_metas {
+            if let Some(bytes) = m.remote_bytes {
+                s.remote.write().insert(m.id, bytes);
+            }
             match SegmentFile::open(&s.segments_dir, m.id) {
                 Ok((f, _)) => {
                     table.insert(m.id, Arc::new(f));
                 }
+                // In the object store only: read through the cache.
+                Err(Error::SegmentMissing { .. }) if m.remote_bytes.is_some() => {}
                 Err(e @ Error::SegmentMissing { .. }) | Err(e @ Error::CorruptSegment { .. }) => {
                     tracing::warn!("segment {}: {e}", m.id);
                 }
@@ -268,6 +273,8 @@ fn replay_volume(
                                     id,
                                     name,
                                     volume_id: meta.id,
+                                    volume_name: meta.name.clone(),
+                                    published: false,
                                     seq: h.seq,
                                     size_bytes,
                                     created_unix_s: now_unix_s(),

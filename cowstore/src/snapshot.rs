@@ -17,7 +17,7 @@ use crate::error::Result;
 use crate::extent_map::ExtentMap;
 use crate::limits::{MAX_IO_BYTES, SECTOR_BYTES};
 use crate::store::StoreInner;
-use crate::volume::{check_range, read_pieces, Source};
+use crate::volume::{check_range, read_pieces};
 
 pub(crate) struct SnapshotInner {
     pub meta: SnapshotMeta,
@@ -100,7 +100,7 @@ impl Snapshot {
             for p in map.lookup(start, start + len_bytes / SECTOR_BYTES) {
                 let source = match &p.extent {
                     None => None,
-                    Some(e) => Some(Source::Segment(self.store.segment(e.segment_id)?)),
+                    Some(e) => Some(self.store.source(e.segment_id)?),
                 };
                 plan.push((p, source));
             }

@@ -30,7 +30,29 @@ use crate::limits::{check_name, DEFAULT_SEGMENT_BYTES, MAX_SEGMENT_BYTES, MIN_SE
 use crate::recovery::RecoveryStats;
 use crate::segment::{SegmentFile, SegmentHeader, SegmentKind, SEGMENT_HEADER_BYTES};
 use crate::snapshot::{Snapshot, SnapshotInner};
+use crate::tier::{ObjectTier, TierConfig};
 use crate::volume::{check_size, LogTail, VolState, Volume, VolumeInner};
+
+/// 64 random bits from the OS-seeded hasher (no extra dependency needed for
+/// an id salt).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into())
+}
 
 /// The file that makes a directory a store: settings fixed at creation.
 const FORMAT_FILE: &str = "format";
@@ -50,6 +72,8 @@ pub struct StoreConfig {
     /// The cleaner relocates live data out of sealed segments whose live
     /// fraction is below this percentage (and deletes fully dead ones).
     pub gc_live_threshold_pct: u8,
+    /// The object storage tier; `None` keeps everything local.
+    pub tier: Option<TierConfig>,
 }
 
 impl Default for StoreConfig {
@@ -59,6 +83,7 @@ impl Default for StoreConfig {
             io_backend: IoBackendChoice::Auto,
             checkpoint_interval_bytes: 256 << 20,
             gc_live_threshold_pct: 50,
+            tier: None,
         }
     }
 }
@@ -82,6 +107,11 @@ pub(crate) struct StoreInner {
     checkpoint_tx: Mutex<Option<mpsc::Sender<u64>>>,
     /// The active GC output segment, if any (appended to by the cleaner only).
     pub gc_tail: Mutex<Option<(Arc<SegmentFile>, u64)>>,
+    pub tier: Option<ObjectTier>,
+    /// Segments in the object store: id -> object size.
+    pub remote: RwLock<HashMap<u64, u64>>,
+    /// Segment uploads queued or running (so each runs once).
+    pub uploading: Mutex<std::collections::HashSet<u64>>,
 }
 
 pub(crate) fn now_unix_s() -> u64 {
@@ -119,6 +149,7 @@ impl StoreInner {
                 kind,
                 volume_id,
                 chain_index,
+                remote_bytes: None,
             },
         )?;
         self.catalog.flush()?;
@@ -190,7 +221,7 @@ impl StoreInner {
             store: self.clone(),
             inner: v.clone(),
         };
-        futures::executor::block_on(handle.flush())?;
+        futures::executor::block_on(handle.flush_local())?;
         let pending: Vec<_> = self
             .snapshots
             .read()
@@ -225,7 +256,7 @@ impl StoreInner {
         Ok(())
     }
 
-    fn volume_by_name(&self, name: &str) -> Result<Arc<VolumeInner>> {
+    pub(crate) fn volume_by_name(&self, name: &str) -> Result<Arc<VolumeInner>> {
         match self.catalog.lookup_name(name)? {
             Some(NameTarget::Volume(id)) => self
                 .volumes
@@ -312,6 +343,7 @@ impl Store {
         let settings = Settings {
             format_version: FORMAT_VERSION,
             segment_bytes: config.segment_bytes,
+            id_salt: random_u64(),
         };
         let tmp = dir.join("format.tmp");
         let body =
@@ -349,8 +381,21 @@ impl Store {
                 format_path.display()
             )));
         }
-        let catalog = Catalog::open(&dir.join("catalog"))?;
+        let catalog = Catalog::open(&dir.join("catalog"), settings.id_salt)?;
         let io = SegmentIo::new(config.io_backend).map_err(|e| Error::io(dir, e))?;
+        let tier = match &config.tier {
+            Some(t) => Some(ObjectTier::open(
+                t.clone(),
+                dir.join("cache"),
+                format!(
+                    "store {:016x} on {} (pid {})",
+                    settings.id_salt,
+                    hostname(),
+                    std::process::id()
+                ),
+            )?),
+            None => None,
+        };
         tracing::info!(store = %dir.display(), io = io.name(), "opening store");
         let (tx, rx) = mpsc::channel();
         let inner = Arc::new(StoreInner {
@@ -368,8 +413,14 @@ impl Store {
             relocation: RwLock::new(()),
             checkpoint_tx: Mutex::new(Some(tx)),
             gc_tail: Mutex::new(None),
+            tier,
+            remote: RwLock::new(HashMap::new()),
+            uploading: Mutex::new(std::collections::HashSet::new()),
         });
         let recovery = crate::recovery::recover(&inner)?;
+        if inner.tier.is_some() {
+            inner.tier_resume()?;
+        }
         let weak = Arc::downgrade(&inner);
         let checkpointer = std::thread::Builder::new()
             .name("cowstore-ckpt".into())
@@ -451,6 +502,10 @@ impl Store {
         map: ExtentMap,
     ) -> Result<Volume> {
         let s = &self.inner;
+        if s.tier.is_some() {
+            // One writer per volume name across every store on the bucket.
+            s.acquire_lease(name)?;
+        }
         let id = s.catalog.generate_id()?;
         s.catalog.claim_name(name, NameTarget::Volume(id))?;
         let created = (|| {
@@ -545,6 +600,14 @@ impl Store {
         s.catalog.release_name(name)?;
         s.catalog.flush()?;
         remove_if_exists(&checkpoint_path(&s.ckpt_dir, CheckpointKind::Volume, v.id))?;
+        if let Some(tier) = &s.tier {
+            let h = tier.handle();
+            let key = ObjectTier::volume_manifest_key(name);
+            tier.block(async move { h.delete(&key).await })?;
+            if let Err(e) = s.release_lease(name) {
+                tracing::warn!(volume = name, "lease not released: {e}");
+            }
+        }
         tracing::info!(volume = name, "volume deleted");
         Ok(())
     }
@@ -571,6 +634,8 @@ impl Store {
                     id,
                     name: name.to_string(),
                     volume_id: v.id,
+                    volume_name: v.name.clone(),
+                    published: false,
                     seq,
                     size_bytes: st.size_bytes,
                     created_unix_s,
@@ -583,7 +648,7 @@ impl Store {
                 meta = Some((m, snap, put));
             }))
         };
-        let result = marked.and_then(|_| futures::executor::block_on(handle.flush()));
+        let result = marked.and_then(|_| futures::executor::block_on(handle.flush_local()));
         let (meta, snap) = match (result, meta) {
             (Ok(()), Some((meta, snap, Ok(())))) => (meta, snap),
             (res, put) => {
@@ -597,7 +662,25 @@ impl Store {
                 return Err(Error::Closed);
             }
         };
+        if s.tier.is_some() {
+            // Everything the snapshot reads goes into sealed, immutable
+            // segments, so that it can be uploaded.
+            futures::executor::block_on(handle.seal_log())?;
+        }
         snap.ready.store(true, Ordering::Release);
+        if let Some(tier) = &s.tier {
+            if tier.config.durability == crate::tier::Durability::Remote {
+                futures::executor::block_on(s.publish_snapshot(snap.clone()))?;
+            } else {
+                let me = s.clone();
+                let snap = snap.clone();
+                tier.spawn(async move {
+                    if let Err(e) = me.publish_snapshot(snap).await {
+                        tracing::warn!("publishing snapshot failed (retried at next open): {e}");
+                    }
+                });
+            }
+        }
         let extent_count = snap.map.read().len();
         Ok(SnapshotInfo {
             name: meta.name,
@@ -679,6 +762,19 @@ impl Store {
             }
             None => {
                 s.snapshots.write().remove(&snap.meta.id);
+            }
+        }
+        if let Some(tier) = &s.tier {
+            let h = tier.handle();
+            let key = ObjectTier::snapshot_manifest_key(name);
+            let ours = futures::executor::block_on(
+                s.get_manifest::<crate::tier::manifest::SnapshotManifest>(&key),
+            )
+            .ok()
+            .flatten()
+            .is_some_and(|m| m.id == snap.meta.id);
+            if ours {
+                tier.block(async move { h.delete(&key).await })?;
             }
         }
         Catalog::remove(&s.catalog.snapshots, snap.meta.id)?;

@@ -73,6 +73,8 @@ pub(crate) struct VolumeInner {
     /// Serializes checkpoints (and the admin operations that depend on a
     /// checkpoint boundary) of this volume.
     pub ckpt_lock: Mutex<()>,
+    /// Serializes publishing this volume's head to the object store.
+    pub publish_lock: futures::lock::Mutex<()>,
     pub deleted: AtomicBool,
     /// Set after a failed log write or sync: the log and the map may
     /// disagree, so the volume refuses I/O until the store is reopened
@@ -92,6 +94,7 @@ impl VolumeInner {
             inflight: Inflight::default(),
             flush_lock: futures::lock::Mutex::new(()),
             ckpt_lock: Mutex::new(()),
+            publish_lock: futures::lock::Mutex::new(()),
             deleted: AtomicBool::new(false),
             failed: Mutex::new(None),
         }
@@ -127,6 +130,9 @@ enum MapEffect {
 /// Records encoded outside the volume lock, waiting for seqs and a place.
 #[derive(Default)]
 struct Batch {
+    /// Seal the current segment first (if it holds any record), so that
+    /// everything before this batch is in sealed, uploadable segments.
+    seal_first: bool,
     buf: Vec<u8>,
     /// (offset of the record in `buf`, its length, its map effect)
     records: Vec<(usize, usize, MapEffect)>,
@@ -173,6 +179,8 @@ struct WriteIo {
 pub(crate) enum Source {
     Pending(Arc<Vec<u8>>, usize),
     Segment(Arc<SegmentFile>),
+    /// Only in the object store: read through the local cache.
+    Remote(u64),
 }
 
 /// A handle to an open volume. Cheap to clone; every method may be called
@@ -300,8 +308,18 @@ impl Volume {
         self.append(batch, |_, _| {}).await.map(drop)
     }
 
-    /// Makes every write that completed before this call durable.
+    /// Makes every write that completed before this call durable: in the
+    /// local log, and with [`crate::Durability::Remote`] in the object store.
     pub async fn flush(&self) -> Result<()> {
+        self.flush_local().await?;
+        if self.store.remote_durability() {
+            self.store.publish_volume(self.inner.clone()).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes every write that completed before this call durable locally.
+    pub(crate) async fn flush_local(&self) -> Result<()> {
         self.inner.check_usable()?;
         let _serial = self.inner.flush_lock.lock().await;
         let (target, dirty, tail) = {
@@ -388,7 +406,7 @@ impl Volume {
             st.size_bytes = st.size_bytes.max(new_size_bytes)
         })
         .await?;
-        self.flush().await
+        self.flush_local().await
     }
 
     /// Reads `len_bytes` at `offset_bytes`.
@@ -427,7 +445,7 @@ impl Volume {
                     None => None,
                     Some(e) => Some(match pending.get(&e.record_key()) {
                         Some(rec) => Source::Pending(rec.buf.clone(), rec.at),
-                        None => Source::Segment(self.store.segment(e.segment_id)?),
+                        None => self.store.source(e.segment_id)?,
                     }),
                 };
                 plan.push((p, source));
@@ -447,6 +465,18 @@ impl Volume {
     /// Appends `batch` to the log, applies it to the map, then waits for the
     /// bytes to reach the segment files. `then` runs under the volume lock
     /// right after the batch is applied, with the seq of its last record.
+    /// Seals the log's current segment (if it holds any record) and makes
+    /// everything durable locally: afterwards every record written so far is
+    /// in a sealed, immutable segment.
+    pub(crate) async fn seal_log(&self) -> Result<()> {
+        let batch = Batch {
+            seal_first: true,
+            ..Batch::default()
+        };
+        self.append(batch, |_, _| {}).await?;
+        self.flush_local().await
+    }
+
     pub(crate) async fn append_snapshot_marker(
         &self,
         snapshot_id: u64,
@@ -463,7 +493,7 @@ impl Volume {
     async fn append(&self, mut batch: Batch, then: impl FnOnce(&mut VolState, u64)) -> Result<u64> {
         let v = &self.inner;
         v.check_usable()?;
-        let (ios, pending_keys, first_seq, last_seq) = {
+        let (ios, pending_keys, first_seq, last_seq, seal_count) = {
             let mut st = v.state.write();
             let first_seq = st.next_seq;
             let mut ios = Vec::new();
@@ -471,12 +501,19 @@ impl Volume {
             // are assigned as records are placed).
             let mut placements = Vec::with_capacity(batch.records.len());
             let mut seals: Vec<(Arc<SegmentFile>, u64, Vec<u8>)> = Vec::new();
-            for &(at, len, _) in &batch.records {
+            // `None` first: the forced seal of a `seal_first` batch.
+            let records = batch.records.iter().map(|&(at, len, _)| Some((at, len)));
+            for next in std::iter::once(None).chain(records) {
                 // Seal when the record and a seal would not fit, unless the
                 // segment is still empty: a segment always takes at least
                 // one record, so it exceeds the target by at most one.
-                let fits = st.tail.offset + len as u64 + RECORD_HEADER_BYTES as u64
-                    <= self.store.segment_bytes;
+                let fits = match next {
+                    None => !batch.seal_first,
+                    Some((_, len)) => {
+                        st.tail.offset + len as u64 + RECORD_HEADER_BYTES as u64
+                            <= self.store.segment_bytes
+                    }
+                };
                 if !fits && st.tail.offset > crate::segment::SEGMENT_HEADER_BYTES {
                     let seq = st.next_seq;
                     st.next_seq += 1;
@@ -498,6 +535,7 @@ impl Volume {
                         return Err(e);
                     }
                 }
+                let Some((at, len)) = next else { continue };
                 let seq = st.next_seq;
                 st.next_seq += 1;
                 stamp_seq(&mut batch.buf, at, seq);
@@ -556,6 +594,7 @@ impl Volume {
                     }
                 }
             }
+            let seal_count = seals.len();
             for (segment, offset, seal) in seals {
                 let len = seal.len();
                 ios.push(WriteIo {
@@ -567,7 +606,7 @@ impl Volume {
             }
             then(&mut st, last_seq);
             v.inflight.begin(first_seq, last_seq);
-            (ios, pending_keys, first_seq, last_seq)
+            (ios, pending_keys, first_seq, last_seq, seal_count)
         };
         let results = futures::future::join_all(ios.iter().map(|io| {
             self.store
@@ -590,6 +629,11 @@ impl Volume {
                 ));
                 return Err(Error::io(&io.segment.path, e));
             }
+        }
+        for io in ios.iter().skip(ios.len() - seal_count) {
+            // A sealed segment is complete once its seal is written (and the
+            // uploader flushes the volume before reading it).
+            self.store.segment_sealed(io.segment.id);
         }
         self.store.maybe_checkpoint(v);
         Ok(last_seq)
@@ -633,7 +677,7 @@ pub(crate) fn check_size(size_bytes: u64) -> Result<()> {
 /// Fetches, verifies and decodes the mapped pieces of a read into `out`
 /// (which starts at sector `first_lba`); holes become zeroes.
 pub(crate) async fn read_pieces(
-    store: &StoreInner,
+    store: &Arc<StoreInner>,
     name: &str,
     first_lba: u64,
     plan: Vec<(Piece, Option<Source>)>,
@@ -660,6 +704,11 @@ pub(crate) async fn read_pieces(
                     segment_offset: payload_at,
                     why: format!("cannot read stored payload: {err}"),
                 })?,
+            Source::Remote(id) => {
+                store
+                    .read_remote(*id, payload_at, e.stored_len as usize)
+                    .await?
+            }
         };
         Ok::<_, Error>(Some(payload))
     });

@@ -13,6 +13,7 @@ fn config(io: IoBackendChoice) -> StoreConfig {
         io_backend: io,
         checkpoint_interval_bytes: 1 << 40,
         gc_live_threshold_pct: 50,
+        tier: None,
     }
 }
 

@@ -177,6 +177,7 @@ impl Harness {
             io_backend,
             checkpoint_interval_bytes: 192 << 10,
             gc_live_threshold_pct: 60,
+            tier: None,
         };
         let store = Store::create(dir.path().join("store"), config.clone()).unwrap();
         Harness {
