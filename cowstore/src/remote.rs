@@ -246,6 +246,35 @@ impl StoreInner {
         Ok(SegmentRef { id, bytes: len })
     }
 
+    /// Drops the local copy of an uploaded segment unless local replay may
+    /// still read it (a log segment at or after its volume's checkpoint).
+    fn evict_if_unneeded(&self, meta: &SegmentMeta) -> bool {
+        if !self.remote.read().contains_key(&meta.id) {
+            return false;
+        }
+        if meta.kind == SegmentKind::Log {
+            let owner = self.volumes.read().get(&meta.volume_id).cloned();
+            if let Some(v) = owner {
+                let replay_from = v.state.read().ckpt_position.map_or(0, |p| p.chain_index);
+                if meta.chain_index >= replay_from {
+                    return false;
+                }
+            }
+        }
+        // Readers holding the file keep reading it; new reads go remote.
+        let Some(seg) = self.segments.write().remove(&meta.id) else {
+            return false;
+        };
+        match std::fs::remove_file(&seg.path) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("evicting {}: {e}", seg.path.display());
+                self.segments.write().insert(meta.id, seg);
+                false
+            }
+        }
+    }
+
     /// Makes sure segment `id` is in the bucket right now (another host's
     /// object GC may have removed an object no manifest named yet).
     async fn ensure_uploaded(self: &Arc<Self>, id: u64) -> Result<SegmentRef> {
@@ -562,6 +591,28 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Deletes the local copies of uploaded segments that local replay no
+    /// longer needs: the local directory then holds the log tail and the
+    /// cache, and older data is read through the cache. Returns how many.
+    ///
+    /// First every snapshot and every volume head is published, so that
+    /// every object a local map reads is named by a manifest: another
+    /// store's object GC never deletes what a manifest names, while an
+    /// object only this store's catalog knows is protected only by the GC
+    /// grace period.
+    pub fn evict_uploaded(&self) -> Result<usize> {
+        self.sync_tier()?;
+        let names: Vec<String> = self.volumes().into_iter().map(|v| v.name).collect();
+        for name in names {
+            self.publish_volume(&name)?;
+        }
+        let metas: Vec<SegmentMeta> = Catalog::all(&self.inner.catalog.segments)?;
+        Ok(metas
+            .iter()
+            .filter(|m| self.inner.evict_if_unneeded(m))
+            .count())
     }
 
     /// Snapshot names published in the object store (by any host).

@@ -36,3 +36,13 @@ fn object_gc_keeps_what_anyone_references() {
 fn flaky_object_store() {
     tier_suite::flaky_object_store(&folder(), tier_suite::flaky::Flaky::wrap);
 }
+
+#[test]
+fn local_directory_is_a_cache() {
+    tier_suite::local_directory_is_a_cache(&folder());
+}
+
+#[test]
+fn crash_mid_upload_converges() {
+    tier_suite::crash_mid_upload_converges(&folder());
+}

@@ -74,3 +74,13 @@ fn lease_race_has_one_winner() {
     });
     assert_eq!(winners, 1);
 }
+
+#[test]
+fn local_directory_is_a_cache() {
+    tier_suite::local_directory_is_a_cache(&bucket("cache"));
+}
+
+#[test]
+fn crash_mid_upload_converges() {
+    tier_suite::crash_mid_upload_converges(&bucket("crash"));
+}

@@ -230,3 +230,85 @@ pub fn flaky_object_store(
         );
     }
 }
+
+/// With uploaded segments evicted, the local directory holds only the log
+/// tail; reads go through the bounded cache (sequential ones prefetch), and
+/// a restart still recovers everything.
+pub fn local_directory_is_a_cache(bucket: &dyn Bucket) {
+    let mut tier = remote(bucket.tier());
+    tier.cache_bytes = 4 << 20;
+    let a = tempfile::tempdir().unwrap();
+    let store = Store::create(a.path().join("s"), config(tier.clone())).unwrap();
+    let v = store.create_volume("cold", 64 << 20).unwrap();
+    let data = pattern(40, 16 << 20);
+    block_on(v.write(0, &data)).unwrap();
+    store.create_snapshot("cold", "cold@1").unwrap();
+    let before = store.disk_bytes();
+    let evicted = store.evict_uploaded().unwrap();
+    assert!(evicted >= 10, "{evicted}");
+    assert!(
+        store.disk_bytes() < before / 4,
+        "{} of {before} bytes still local",
+        store.disk_bytes()
+    );
+    // Sequential read of all 16 MiB through a 4 MiB cache.
+    for mib in 0..16u64 {
+        let got = block_on(v.read(mib << 20, 1 << 20)).unwrap();
+        assert!(
+            got == data[(mib << 20) as usize..((mib + 1) << 20) as usize],
+            "MiB {mib}"
+        );
+    }
+    let st = store.tier_stats().unwrap();
+    assert!(st.cache_used_bytes <= 4 << 20, "{st:?}");
+    assert!(
+        st.cache_hits > 0,
+        "sequential reads were not prefetched: {st:?}"
+    );
+    block_on(v.write(8 << 20, &[5; 4096])).unwrap();
+    block_on(v.flush()).unwrap();
+    drop(v);
+    store.abandon();
+    let store = Store::open(a.path().join("s"), config(tier)).unwrap();
+    let v = store.volume("cold").unwrap();
+    assert_eq!(block_on(v.read(8 << 20, 4096)).unwrap(), vec![5; 4096]);
+    assert_eq!(block_on(v.read(0, 4 << 20)).unwrap(), data[..4 << 20]);
+}
+
+/// The store dropped (as by a crash) while background uploads run: the next
+/// open resumes them, and the bucket converges to everything sealed and
+/// every snapshot taken, restorable elsewhere.
+pub fn crash_mid_upload_converges(bucket: &dyn Bucket) {
+    let tier = bucket.tier(); // local durability: uploads in the background
+    let a = tempfile::tempdir().unwrap();
+    let store = Store::create(a.path().join("s"), config(tier.clone())).unwrap();
+    let v = store.create_volume("busy", 64 << 20).unwrap();
+    for i in 0..6u64 {
+        block_on(v.write(i << 20, &pattern(50 + i, 1 << 20))).unwrap();
+        store.create_snapshot("busy", &format!("busy@{i}")).unwrap();
+    }
+    block_on(v.flush()).unwrap();
+    drop(v);
+    store.abandon(); // uploads and publishes cut off wherever they were
+    let store = Store::open(a.path().join("s"), config(tier.clone())).unwrap();
+    store.sync_tier().unwrap();
+    let published = store.remote_snapshots().unwrap();
+    assert_eq!(
+        published.len(),
+        6,
+        "{:?}",
+        published.iter().map(|m| &m.name).collect::<Vec<_>>()
+    );
+    let b = tempfile::tempdir().unwrap();
+    let fresh = Store::create(b.path().join("s"), config(tier)).unwrap();
+    for i in 0..6u64 {
+        let s = fresh.restore_snapshot(&format!("busy@{i}")).unwrap();
+        for j in 0..=i {
+            assert_eq!(
+                block_on(s.read(j << 20, 1 << 20)).unwrap(),
+                pattern(50 + j, 1 << 20),
+                "busy@{i} MiB {j}"
+            );
+        }
+    }
+}
