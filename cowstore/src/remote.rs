@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
 
 use crate::catalog::{Catalog, NameTarget, SegmentMeta, SnapshotMeta, VolumeMeta};
 use crate::checkpoint::{checkpoint_path, Checkpoint, CheckpointKind};
@@ -38,6 +39,9 @@ const BACKGROUND_PATIENCE: Duration = Duration::from_secs(3600);
 const FOREGROUND_PATIENCE: Duration = Duration::from_secs(120);
 /// Blocks fetched ahead of a sequential reader.
 const PREFETCH_BLOCKS: u64 = 4;
+
+/// A block fetch that many readers may await.
+pub(crate) type BlockFetch = Shared<BoxFuture<'static, std::result::Result<Arc<Vec<u8>>, String>>>;
 
 /// What one object GC pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -122,21 +126,49 @@ impl StoreInner {
         Ok(out)
     }
 
-    async fn fetch_block(self: &Arc<Self>, id: u64, block: u64, size: u64) -> Result<Vec<u8>> {
+    /// One block of a remote segment: from the cache, else from the object
+    /// store, with concurrent readers of the same block sharing one GET.
+    async fn fetch_block(self: &Arc<Self>, id: u64, block: u64, size: u64) -> Result<Arc<Vec<u8>>> {
         let tier = self.tier()?;
         if let Some(bytes) = tier.cache.get(id, block) {
             tier.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(bytes);
+            return Ok(Arc::new(bytes));
         }
-        tier.counters.cache_misses.fetch_add(1, Ordering::Relaxed);
-        let range = block * BLOCK_BYTES..((block + 1) * BLOCK_BYTES).min(size);
-        let h = tier.handle();
-        let key = ObjectTier::segment_key(id);
-        let bytes = tier
-            .run(async move { h.get_range(&key, range).await })
-            .await?;
-        tier.cache.put(id, block, &bytes);
-        Ok(bytes.to_vec())
+        let fetch = {
+            let mut fetching = self.fetching.lock();
+            match fetching.get(&(id, block)) {
+                Some(f) => f.clone(),
+                None => {
+                    tier.counters.cache_misses.fetch_add(1, Ordering::Relaxed);
+                    let range = block * BLOCK_BYTES..((block + 1) * BLOCK_BYTES).min(size);
+                    let h = tier.handle();
+                    let key = ObjectTier::segment_key(id);
+                    let me = self.clone();
+                    let f: BlockFetch = async move {
+                        let got = match me.tier() {
+                            Ok(tier) => {
+                                tier.run(async move { h.get_range(&key, range).await })
+                                    .await
+                            }
+                            Err(e) => Err(e),
+                        };
+                        let out = got.map(|bytes| {
+                            if let Ok(tier) = me.tier() {
+                                tier.cache.put(id, block, &bytes);
+                            }
+                            Arc::new(bytes.to_vec())
+                        });
+                        me.fetching.lock().remove(&(id, block));
+                        out.map_err(|e| e.to_string())
+                    }
+                    .boxed()
+                    .shared();
+                    fetching.insert((id, block), f.clone());
+                    f
+                }
+            }
+        };
+        fetch.await.map_err(Error::ObjectStore)
     }
 
     /// A segment was sealed and its seal written: queue its upload.

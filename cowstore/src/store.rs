@@ -112,6 +112,8 @@ pub(crate) struct StoreInner {
     pub remote: RwLock<HashMap<u64, u64>>,
     /// Segment uploads queued or running (so each runs once).
     pub uploading: Mutex<std::collections::HashSet<u64>>,
+    /// Block fetches in flight, shared by every reader that wants the block.
+    pub fetching: Mutex<HashMap<(u64, u64), crate::remote::BlockFetch>>,
 }
 
 pub(crate) fn now_unix_s() -> u64 {
@@ -416,6 +418,7 @@ impl Store {
             tier,
             remote: RwLock::new(HashMap::new()),
             uploading: Mutex::new(std::collections::HashSet::new()),
+            fetching: Mutex::new(HashMap::new()),
         });
         let recovery = crate::recovery::recover(&inner)?;
         if inner.tier.is_some() {
