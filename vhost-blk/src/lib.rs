@@ -1,4 +1,18 @@
-//! vhost-user-blk backend serving cowstore volumes to any vhost-user frontend.
+//! vhost-user-blk backend serving cowstore volumes to any vhost-user frontend
+//! (QEMU, cloud-hypervisor, crosvm, cowvisor), and the pieces of the
+//! `cowstored` daemon.
 //!
-//! Not built yet: see the vhost-blk issue. The engine API it will sit on is
-//! `cowstore::Volume` (async read/write/flush/discard with many requests in flight).
+//! Data flows: guest ring -> [`device`] (pop chains, batch) -> [`request`]
+//! (parse untrusted descriptors into a typed request) -> [`export::Target`]
+//! (`cowstore::Volume` or read-only `cowstore::Snapshot`) -> used ring.
+//! [`server`] runs one vhost-user socket per export; [`control`] is the
+//! daemon's control socket (attach, detach, stats, the snapshot barrier).
+
+pub mod control;
+pub mod device;
+pub mod export;
+pub mod request;
+pub mod server;
+
+pub use control::{ControlClient, Daemon};
+pub use export::{Export, Target};

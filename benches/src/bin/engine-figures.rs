@@ -8,9 +8,16 @@
 //!    `Store::abandon`, then `Store::open`) against opening the same store
 //!    after a clean `Store::close`, with warm and with cold page cache;
 //! 3. 4 KiB random reads of data written in 4 KiB requests against data
-//!    written in 1 MiB requests (read amplification of 64 KiB records).
+//!    written in 1 MiB requests (read amplification of 64 KiB records);
+//! 4. how a write batch splits between requests and the closing flush;
+//! 5. the read jobs with the page cache dropped before each batch (disk
+//!    reads, comparable with fio direct=1);
+//! 6. `Store::create_snapshot` alternated with a durable 512-byte write on
+//!    volumes of 1e3, 1e5 and `--extents` extents.
 //!
-//! Usage: `engine-figures [--extents N] [--recovery-gib G] [--runs R] [--json]`.
+//! Usage: `engine-figures [--extents N] [--recovery-gib G] [--runs R] [--json]`,
+//! or `engine-figures --series N [--segment-mib M]` to print N consecutive
+//! 1 MiB sequential write batches (throughput over a long run, segment size).
 //! With `--json`, a final line `FIGURES_JSON {...}` carries every figure for
 //! scripts/bench.
 
@@ -300,6 +307,53 @@ fn breakdown(runs: usize, data: &RandomData) -> Vec<Breakdown> {
     out
 }
 
+struct SnapshotTiming {
+    extents: u64,
+    snapshot_ms: f64,
+    durable_write_ms: f64,
+}
+
+/// `Store::create_snapshot` against the cheapest durable write (512 bytes
+/// and a flush, the same fdatasync a snapshot waits for), alternated call by
+/// call on the same volume so that the machine's noise hits both alike.
+/// A snapshot that is O(1) in the map costs about one durable write at every
+/// size.
+fn snapshot_timing(sizes: &[u64], pairs: usize, data: &RandomData) -> Vec<SnapshotTiming> {
+    let mut out = Vec::new();
+    for &extents in sizes {
+        let (dir, store) = temp_store(StoreConfig::default());
+        let vol = store.create_volume("base", extents * 1024).unwrap();
+        block_on(make_extents(&vol, extents, data)).unwrap();
+        store.checkpoint_all().unwrap();
+        let (mut snap, mut write) = (Vec::new(), Vec::new());
+        for i in 0..pairs {
+            let t = Instant::now();
+            let info = store.create_snapshot("base", &format!("s{i}")).unwrap();
+            snap.push(t.elapsed().as_secs_f64() * 1e3);
+            // The volume's extents, plus the one at sector 1 after the first pair.
+            assert_eq!(info.extent_count as u64, extents + u64::from(i > 0));
+            // Sector 1 lies between the extents at sectors 0 and 2.
+            let t = Instant::now();
+            block_on(async {
+                vol.write(512, data.slice(i as u64, 512)).await?;
+                vol.flush().await
+            })
+            .unwrap();
+            write.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        out.push(SnapshotTiming {
+            extents,
+            snapshot_ms: median(&mut snap),
+            durable_write_ms: median(&mut write),
+        });
+        drop(vol);
+        // close() would write one checkpoint per snapshot.
+        store.abandon();
+        drop(dir);
+    }
+    out
+}
+
 struct ColdRead {
     job: String,
     mib_s: f64,
@@ -534,11 +588,30 @@ fn main() {
         })
         .collect();
 
+    let pairs = 300;
+    println!("\n== snapshot vs durable 512-byte write, alternated (medians of {pairs} each) ==");
+    let snaps = snapshot_timing(&[1_000, 100_000, a.extents.max(1_000)], pairs, &data);
+    for t in &snaps {
+        println!(
+            "{} extents: create_snapshot {:.3} ms, write+flush {:.3} ms",
+            t.extents, t.snapshot_ms, t.durable_write_ms
+        );
+    }
+    let snaps_json: Vec<String> = snaps
+        .iter()
+        .map(|t| {
+            format!(
+                "{{\"extents\":{},\"snapshot_ms\":{:.4},\"durable_write_ms\":{:.4}}}",
+                t.extents, t.snapshot_ms, t.durable_write_ms
+            )
+        })
+        .collect();
+
     if a.json {
         println!(
             "FIGURES_JSON {{\"io_backend\":\"{}\",\"extents\":{},\"volume_bytes_per_extent\":{:.2},\"map_bytes_per_extent\":{:.2},\"map_random_bytes_per_extent\":{:.2},\
 \"recovery_gib\":{},\"replayed_bytes\":{},\"replay_warm_s\":{:.4},\"replay_cold_s\":{:.4},\"clean_warm_s\":{:.5},\"clean_cold_s\":{:.5},\
-\"randread4k_small_records_mib_s\":{:.1},\"randread4k_large_records_mib_s\":{:.1},\"write_breakdown\":[{}],\"cold_reads\":[{}]}}",
+\"randread4k_small_records_mib_s\":{:.1},\"randread4k_large_records_mib_s\":{:.1},\"write_breakdown\":[{}],\"cold_reads\":[{}],\"snapshot_vs_write\":[{}]}}",
             backend,
             m.extents,
             m.volume_bytes_per_extent,
@@ -553,7 +626,8 @@ fn main() {
             amp.small_records_mib_s,
             amp.large_records_mib_s,
             bd_json.join(","),
-            cold_json.join(",")
+            cold_json.join(","),
+            snaps_json.join(",")
         );
     }
 }

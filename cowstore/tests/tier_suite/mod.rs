@@ -279,7 +279,8 @@ pub fn local_directory_is_a_cache(bucket: &dyn Bucket) {
 /// open resumes them, and the bucket converges to everything sealed and
 /// every snapshot taken, restorable elsewhere.
 pub fn crash_mid_upload_converges(bucket: &dyn Bucket) {
-    let tier = bucket.tier(); // local durability: uploads in the background
+    let mut tier = bucket.tier(); // local durability: uploads in the background
+    tier.gc_grace_s = 0;
     let a = tempfile::tempdir().unwrap();
     let store = Store::create(a.path().join("s"), config(tier.clone())).unwrap();
     let v = store.create_volume("busy", 64 << 20).unwrap();
@@ -311,4 +312,16 @@ pub fn crash_mid_upload_converges(bucket: &dyn Bucket) {
             );
         }
     }
+    drop(fresh);
+    // Converged means no leak either: once everything is deleted, object
+    // GC leaves no segment or checkpoint object behind.
+    for i in 0..6u64 {
+        store.delete_snapshot(&format!("busy@{i}")).unwrap();
+    }
+    store.delete_volume("busy").unwrap();
+    store.gc().unwrap();
+    let first = store.gc_objects().unwrap();
+    assert!(first.objects_deleted > 0, "{first:?}");
+    let second = store.gc_objects().unwrap();
+    assert_eq!(second.objects_examined, 0, "objects leaked: {second:?}");
 }

@@ -1,0 +1,158 @@
+//! cowstored: serves cowstore volumes over vhost-user-blk.
+//!
+//! ```text
+//! cowstored --store DIR --control SOCK [--queues N] [--log-json]
+//!           [--attach NAME=SOCKET]... [--attach-snapshot NAME=SOCKET]...
+//!           [--create NAME=SIZE_BYTES]...
+//! ```
+//! Runs until SIGTERM or SIGINT, then stops every export, flushes every
+//! volume and closes the store. Logs go to stderr (`RUST_LOG` filters).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use tracing::info;
+use vhost_blk::Daemon;
+
+struct Args {
+    store: PathBuf,
+    control: PathBuf,
+    queues: u16,
+    log_json: bool,
+    attach: Vec<(String, PathBuf, bool)>,
+    create: Vec<(String, u64)>,
+}
+
+fn usage() -> &'static str {
+    "usage: cowstored --store DIR --control SOCK [--queues N] [--log-json] \
+     [--create NAME=SIZE_BYTES]... [--attach NAME=SOCKET]... [--attach-snapshot NAME=SOCKET]..."
+}
+
+fn parse_args() -> Result<Args> {
+    let mut store = None;
+    let mut control = None;
+    let mut queues = 4u16;
+    let mut log_json = false;
+    let mut attach = Vec::new();
+    let mut create = Vec::new();
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .with_context(|| format!("{a} needs a value\n{}", usage()))
+        };
+        match a.as_str() {
+            "--store" => store = Some(PathBuf::from(value()?)),
+            "--control" => control = Some(PathBuf::from(value()?)),
+            "--queues" => queues = value()?.parse().context("--queues")?,
+            "--log-json" => log_json = true,
+            "--attach" | "--attach-snapshot" => {
+                let v = value()?;
+                let (name, sock) = v.split_once('=').context("expected NAME=SOCKET")?;
+                attach.push((
+                    name.to_string(),
+                    PathBuf::from(sock),
+                    a == "--attach-snapshot",
+                ));
+            }
+            "--create" => {
+                let v = value()?;
+                let (name, size) = v.split_once('=').context("expected NAME=SIZE_BYTES")?;
+                create.push((name.to_string(), size.parse().context("size")?));
+            }
+            "-h" | "--help" => {
+                println!("{}", usage());
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}\n{}", usage()),
+        }
+    }
+    Ok(Args {
+        store: store.context(usage())?,
+        control: control.context(usage())?,
+        queues,
+        log_json,
+        attach,
+        create,
+    })
+}
+
+/// Blocks SIGTERM and SIGINT in this thread (and every thread started
+/// later), so that `wait_for_signal` can take them synchronously.
+fn block_signals() -> Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it
+    // and pthread_sigmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            bail!("pthread_sigmask failed: {rc}");
+        }
+        Ok(set)
+    }
+}
+
+fn wait_for_signal(set: &libc::sigset_t) -> i32 {
+    let mut sig: libc::c_int = 0;
+    // SAFETY: `set` is an initialised signal set and `sig` a valid out pointer.
+    let rc = unsafe { libc::sigwait(set, &mut sig) };
+    if rc == 0 {
+        sig
+    } else {
+        libc::SIGTERM
+    }
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let signals = block_signals()?;
+
+    let store = cowstore::Store::open_or_create(&args.store, cowstore::StoreConfig::default())
+        .with_context(|| format!("opening store {}", args.store.display()))?;
+    info!(store = %args.store.display(), io_backend = store.io_backend(), "store open");
+    for (name, size) in &args.create {
+        if store.volume(name).is_err() {
+            store
+                .create_volume(name, *size)
+                .with_context(|| format!("creating volume {name}"))?;
+            info!(volume = %name, size_bytes = size, "volume created");
+        }
+    }
+    let daemon = Daemon::new(store, args.queues);
+    for (name, sock, snapshot) in &args.attach {
+        daemon
+            .attach(name, sock, *snapshot, None)
+            .with_context(|| format!("attaching {name}"))?;
+    }
+    daemon
+        .serve_control(&args.control)
+        .with_context(|| format!("control socket {}", args.control.display()))?;
+    info!(control = %args.control.display(), "cowstored ready");
+
+    let sig = wait_for_signal(&signals);
+    info!(signal = sig, "shutting down");
+    daemon.stop_all();
+    let _ = std::fs::remove_file(&args.control);
+    match std::sync::Arc::try_unwrap(daemon) {
+        Ok(d) => match std::sync::Arc::try_unwrap(d.store) {
+            Ok(store) => store.close().context("closing the store")?,
+            Err(_) => info!("store still referenced; dropping without close"),
+        },
+        Err(_) => info!("daemon still referenced; exiting"),
+    }
+    info!("stopped");
+    Ok(())
+}

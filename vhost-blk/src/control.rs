@@ -1,0 +1,527 @@
+//! The daemon's state and its control socket.
+//!
+//! Protocol: a Unix stream socket; each request is one line of JSON, each
+//! answer one line of JSON, in order. Every answer has `"ok": true|false`;
+//! a failed one carries `"error": "..."`. See docs/operations.md for the
+//! commands. Requests longer than [`MAX_REQUEST_BYTES`] are refused.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use crate::export::{Export, StatsReport, Target};
+use crate::server::Served;
+
+/// Longest control request line.
+pub const MAX_REQUEST_BYTES: u64 = 64 << 10;
+/// Longest a barrier may hold I/O before it resumes by itself.
+pub const MAX_PAUSE: Duration = Duration::from_secs(600);
+/// Pause timeout when the request names none.
+pub const DEFAULT_PAUSE: Duration = Duration::from_secs(30);
+
+/// A control request.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    /// Serve volume (or, with `snapshot: true`, the snapshot) `name` on `socket`.
+    Attach {
+        name: String,
+        socket: PathBuf,
+        #[serde(default)]
+        snapshot: bool,
+        #[serde(default)]
+        queues: Option<u16>,
+    },
+    /// Stop serving `name` (drops a connected frontend).
+    Detach { name: String },
+    /// Exports, their sockets and whether a frontend is connected.
+    List,
+    /// Counters of one export, or of all.
+    Stats {
+        #[serde(default)]
+        name: Option<String>,
+    },
+    /// Creates a volume in the store.
+    CreateVolume { name: String, size_bytes: u64 },
+    /// The snapshot barrier, step 1: pause new I/O on the named exports (all
+    /// volumes when absent), drain what is in flight, flush, report the cut.
+    /// Resumes by itself after `timeout_ms`.
+    Pause {
+        #[serde(default)]
+        names: Option<Vec<String>>,
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
+    /// Takes snapshot `name` of `volume` (normally between pause and resume).
+    Snapshot { volume: String, name: String },
+    /// The snapshot barrier, last step: let I/O flow again.
+    Resume { barrier: u64 },
+}
+
+struct Barrier {
+    id: u64,
+    names: Vec<String>,
+}
+
+/// Everything cowstored serves, over one store.
+pub struct Daemon {
+    pub store: Arc<cowstore::Store>,
+    exports: Mutex<BTreeMap<String, Served>>,
+    barrier: Mutex<Option<Barrier>>,
+    next_barrier: Mutex<u64>,
+    default_queues: u16,
+}
+
+/// A failed control request.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("{0:?} is already attached")]
+    AlreadyAttached(String),
+    #[error("{0:?} is not attached")]
+    NotAttached(String),
+    #[error("a barrier ({0}) is already active")]
+    BarrierActive(u64),
+    #[error("no active barrier with id {0}")]
+    NoSuchBarrier(u64),
+    #[error("in-flight I/O on {0:?} did not drain in time")]
+    DrainTimeout(String),
+    #[error(transparent)]
+    Engine(#[from] cowstore::Error),
+    #[error(transparent)]
+    Serve(#[from] crate::server::ServeError),
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl Daemon {
+    pub fn new(store: cowstore::Store, default_queues: u16) -> Arc<Daemon> {
+        Arc::new(Daemon {
+            store: Arc::new(store),
+            exports: Mutex::new(BTreeMap::new()),
+            barrier: Mutex::new(None),
+            next_barrier: Mutex::new(1),
+            default_queues: default_queues.max(1),
+        })
+    }
+
+    pub fn attach(
+        &self,
+        name: &str,
+        socket: &Path,
+        snapshot: bool,
+        queues: Option<u16>,
+    ) -> Result<Value, ControlError> {
+        let mut exports = self.exports.lock();
+        if exports.contains_key(name) {
+            return Err(ControlError::AlreadyAttached(name.to_string()));
+        }
+        let target = if snapshot {
+            Target::Snapshot(self.store.snapshot(name)?)
+        } else {
+            Target::Volume(self.store.volume(name)?)
+        };
+        let queues = queues.unwrap_or(self.default_queues).clamp(1, 16);
+        let export = Arc::new(Export::new(target, queues));
+        let served = Served::start(export, socket)?;
+        exports.insert(name.to_string(), served);
+        Ok(json!({"name": name, "socket": socket, "read_only": snapshot, "queues": queues}))
+    }
+
+    pub fn detach(&self, name: &str) -> Result<Value, ControlError> {
+        let served = self
+            .exports
+            .lock()
+            .remove(name)
+            .ok_or_else(|| ControlError::NotAttached(name.to_string()))?;
+        let export = served.export.clone();
+        served.stop();
+        futures::executor::block_on(export.target.flush())?;
+        info!(export = name, "detached");
+        Ok(json!({"name": name}))
+    }
+
+    fn list(&self) -> Value {
+        let exports = self.exports.lock();
+        let list: Vec<Value> = exports
+            .iter()
+            .map(|(name, s)| {
+                json!({
+                    "name": name,
+                    "socket": s.socket,
+                    "read_only": s.export.target.read_only(),
+                    "size_bytes": s.export.target.size_bytes(),
+                    "queues": s.export.num_queues,
+                    "connected": s.connected(),
+                    "paused": s.export.gate.is_paused(),
+                })
+            })
+            .collect();
+        json!({ "exports": list })
+    }
+
+    pub fn stats(&self, name: Option<&str>) -> Result<BTreeMap<String, StatsReport>, ControlError> {
+        let exports = self.exports.lock();
+        match name {
+            Some(n) => {
+                let s = exports
+                    .get(n)
+                    .ok_or_else(|| ControlError::NotAttached(n.to_string()))?;
+                Ok(BTreeMap::from([(n.to_string(), s.export.stats.snapshot())]))
+            }
+            None => Ok(exports
+                .iter()
+                .map(|(k, s)| (k.clone(), s.export.stats.snapshot()))
+                .collect()),
+        }
+    }
+
+    /// Pause, drain, flush, report the cut; schedules the auto-resume.
+    pub fn pause(
+        self: &Arc<Self>,
+        names: Option<Vec<String>>,
+        timeout: Duration,
+    ) -> Result<Value, ControlError> {
+        let timeout = timeout.min(MAX_PAUSE);
+        let mut barrier = self.barrier.lock();
+        if let Some(b) = barrier.as_ref() {
+            return Err(ControlError::BarrierActive(b.id));
+        }
+        let targets: Vec<(String, Arc<Export>)> = {
+            let exports = self.exports.lock();
+            match &names {
+                Some(list) => list
+                    .iter()
+                    .map(|n| {
+                        exports
+                            .get(n)
+                            .map(|s| (n.clone(), s.export.clone()))
+                            .ok_or_else(|| ControlError::NotAttached(n.clone()))
+                    })
+                    .collect::<Result<_, _>>()?,
+                None => exports
+                    .iter()
+                    .filter(|(_, s)| !s.export.target.read_only())
+                    .map(|(n, s)| (n.clone(), s.export.clone()))
+                    .collect(),
+            }
+        };
+        let started = Instant::now();
+        for (_, e) in &targets {
+            e.gate.close();
+        }
+        let deadline = started + timeout;
+        let reopen = |targets: &[(String, Arc<Export>)]| {
+            for (_, e) in targets {
+                e.gate.open();
+            }
+        };
+        for (n, e) in &targets {
+            if !e.gate.drain(deadline) {
+                reopen(&targets);
+                return Err(ControlError::DrainTimeout(n.clone()));
+            }
+        }
+        let drained_us = started.elapsed().as_micros();
+        let mut cut = Vec::new();
+        for (n, e) in &targets {
+            if let Err(err) = futures::executor::block_on(e.target.flush()) {
+                reopen(&targets);
+                return Err(err.into());
+            }
+            let s = e.stats.snapshot();
+            cut.push(json!({
+                "name": n,
+                "writes": s.writes,
+                "bytes_written": s.bytes_written,
+                "discards": s.discards,
+                "write_zeroes": s.write_zeroes,
+                "flushes": s.flushes,
+                "in_flight": s.in_flight,
+            }));
+        }
+        let id = {
+            let mut next = self.next_barrier.lock();
+            let id = *next;
+            *next += 1;
+            id
+        };
+        *barrier = Some(Barrier {
+            id,
+            names: targets.iter().map(|(n, _)| n.clone()).collect(),
+        });
+        drop(barrier);
+        let me = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name(format!("barrier-{id}"))
+            .spawn(move || {
+                std::thread::sleep(timeout);
+                if let Some(d) = me.upgrade() {
+                    if d.resume(id).is_ok() {
+                        warn!(barrier = id, "barrier timed out: I/O resumed automatically");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            let _ = self.resume(id);
+            return Err(ControlError::BadRequest(format!(
+                "cannot start the auto-resume timer: {e}"
+            )));
+        }
+        info!(
+            barrier = id,
+            exports = targets.len(),
+            drained_us,
+            "barrier: paused"
+        );
+        Ok(json!({
+            "barrier": id,
+            "paused_at_unix_ms": now_ms(),
+            "drain_us": drained_us,
+            "auto_resume_ms": u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            "cut": cut,
+        }))
+    }
+
+    pub fn resume(&self, id: u64) -> Result<Value, ControlError> {
+        let mut barrier = self.barrier.lock();
+        match barrier.as_ref() {
+            Some(b) if b.id == id => {}
+            _ => return Err(ControlError::NoSuchBarrier(id)),
+        }
+        let b = barrier.take().ok_or(ControlError::NoSuchBarrier(id))?;
+        let exports = self.exports.lock();
+        for n in &b.names {
+            if let Some(s) = exports.get(n) {
+                s.export.gate.open();
+            }
+        }
+        info!(barrier = id, "barrier: resumed");
+        Ok(json!({"barrier": id}))
+    }
+
+    /// Executes one request.
+    pub fn handle(self: &Arc<Self>, cmd: Command) -> Result<Value, ControlError> {
+        match cmd {
+            Command::Attach {
+                name,
+                socket,
+                snapshot,
+                queues,
+            } => self.attach(&name, &socket, snapshot, queues),
+            Command::Detach { name } => self.detach(&name),
+            Command::List => Ok(self.list()),
+            Command::Stats { name } => Ok(json!({"stats": self.stats(name.as_deref())?})),
+            Command::CreateVolume { name, size_bytes } => {
+                self.store.create_volume(&name, size_bytes)?;
+                Ok(json!({"name": name, "size_bytes": size_bytes}))
+            }
+            Command::Pause { names, timeout_ms } => self.pause(
+                names,
+                timeout_ms
+                    .map(Duration::from_millis)
+                    .unwrap_or(DEFAULT_PAUSE),
+            ),
+            Command::Snapshot { volume, name } => {
+                let info = self.store.create_snapshot(&volume, &name)?;
+                Ok(json!({"volume": volume, "name": info.name}))
+            }
+            Command::Resume { barrier } => self.resume(barrier),
+        }
+    }
+
+    /// Answers one request line.
+    pub fn handle_line(self: &Arc<Self>, line: &str) -> Value {
+        let result = serde_json::from_str::<Command>(line)
+            .map_err(|e| ControlError::BadRequest(e.to_string()))
+            .and_then(|cmd| self.handle(cmd));
+        match result {
+            Ok(Value::Object(mut m)) => {
+                m.insert("ok".into(), Value::Bool(true));
+                Value::Object(m)
+            }
+            Ok(other) => json!({"ok": true, "result": other}),
+            Err(e) => json!({"ok": false, "error": e.to_string()}),
+        }
+    }
+
+    /// Stops every export and flushes every volume.
+    pub fn stop_all(&self) {
+        let exports = std::mem::take(&mut *self.exports.lock());
+        for (name, served) in exports {
+            let export = served.export.clone();
+            served.stop();
+            if let Err(e) = futures::executor::block_on(export.target.flush()) {
+                warn!(export = %name, error = %e, "flush at shutdown failed");
+            }
+        }
+    }
+
+    /// Serves the control socket on a background thread.
+    pub fn serve_control(self: &Arc<Self>, path: &Path) -> std::io::Result<()> {
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path)?;
+        // Weak: the control threads must not keep the daemon (and so the
+        // store) alive at shutdown.
+        let me = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    match conn {
+                        Ok(stream) => {
+                            let d = me.clone();
+                            let _ = std::thread::Builder::new()
+                                .name("control-client".into())
+                                .spawn(move || Daemon::serve_client(d, stream));
+                        }
+                        Err(e) => warn!(error = %e, "control accept failed"),
+                    }
+                }
+            })?;
+        Ok(())
+    }
+
+    fn serve_client(me: std::sync::Weak<Self>, stream: UnixStream) {
+        let Ok(mut out) = stream.try_clone() else {
+            return;
+        };
+        let mut reader = BufReader::new(stream);
+        loop {
+            let mut line = String::new();
+            let n = match (&mut reader).take(MAX_REQUEST_BYTES).read_line(&mut line) {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = writeln!(out, "{}", json!({"ok": false, "error": e.to_string()}));
+                    return;
+                }
+            };
+            if n == 0 {
+                return;
+            }
+            if !line.ends_with('\n') && n as u64 >= MAX_REQUEST_BYTES {
+                let _ = writeln!(out, "{}", json!({"ok": false, "error": "request too long"}));
+                return;
+            }
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let Some(daemon) = me.upgrade() else {
+                let _ = writeln!(out, "{}", json!({"ok": false, "error": "shutting down"}));
+                return;
+            };
+            let answer = daemon.handle_line(line);
+            drop(daemon);
+            if writeln!(out, "{answer}").is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// A client for the control socket (used by tests and tools).
+pub struct ControlClient {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl ControlClient {
+    pub fn connect(path: &Path) -> std::io::Result<ControlClient> {
+        let s = UnixStream::connect(path)?;
+        Ok(ControlClient {
+            writer: s.try_clone()?,
+            reader: BufReader::new(s),
+        })
+    }
+
+    /// Sends one request, returns the answer.
+    pub fn call(&mut self, request: &Value) -> std::io::Result<Value> {
+        writeln!(self.writer, "{request}")?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        serde_json::from_str(&line).map_err(std::io::Error::other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn daemon() -> (tempfile::TempDir, Arc<Daemon>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            cowstore::Store::open_or_create(dir.path().join("s"), cowstore::StoreConfig::default())
+                .unwrap();
+        store.create_volume("v", 1 << 20).unwrap();
+        (dir, Daemon::new(store, 1))
+    }
+
+    #[test]
+    fn barrier_pause_cut_resume_and_auto_resume() {
+        let (dir, d) = daemon();
+        let sock = dir.path().join("v.sock");
+        let a = d.handle_line(&json!({"op": "attach", "name": "v", "socket": sock}).to_string());
+        assert_eq!(a["ok"], json!(true), "{a}");
+        let p = d.handle_line(r#"{"op":"pause","timeout_ms":60000}"#);
+        assert_eq!(p["ok"], json!(true), "{p}");
+        assert_eq!(p["cut"][0]["name"], json!("v"));
+        let id = p["barrier"].as_u64().unwrap();
+        let again = d.handle_line(r#"{"op":"pause"}"#);
+        assert_eq!(again["ok"], json!(false));
+        let list = d.handle_line(r#"{"op":"list"}"#);
+        assert_eq!(list["exports"][0]["paused"], json!(true), "{list}");
+        let s = d.handle_line(r#"{"op":"snapshot","volume":"v","name":"v@cut"}"#);
+        assert_eq!(s["ok"], json!(true), "{s}");
+        let r = d.handle_line(&json!({"op": "resume", "barrier": id}).to_string());
+        assert_eq!(r["ok"], json!(true), "{r}");
+        let list = d.handle_line(r#"{"op":"list"}"#);
+        assert_eq!(list["exports"][0]["paused"], json!(false));
+
+        // Nobody resumes: the timer does.
+        let p = d.handle_line(r#"{"op":"pause","names":["v"],"timeout_ms":100}"#);
+        let id = p["barrier"].as_u64().unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let list = d.handle_line(r#"{"op":"list"}"#);
+        assert_eq!(list["exports"][0]["paused"], json!(false), "{list}");
+        let r = d.handle_line(&json!({"op": "resume", "barrier": id}).to_string());
+        assert_eq!(r["ok"], json!(false));
+
+        let st = d.handle_line(r#"{"op":"stats","name":"v"}"#);
+        assert_eq!(st["stats"]["v"]["writes"], json!(0), "{st}");
+        let det = d.handle_line(r#"{"op":"detach","name":"v"}"#);
+        assert_eq!(det["ok"], json!(true), "{det}");
+        assert!(!sock.exists());
+    }
+
+    #[test]
+    fn bad_requests_are_answered_not_fatal() {
+        let (_dir, d) = daemon();
+        for line in [
+            "not json",
+            r#"{"op":"nope"}"#,
+            r#"{"op":"detach","name":"missing"}"#,
+            r#"{"op":"attach","name":"missing","socket":"/nonexistent/x.sock"}"#,
+            r#"{"op":"resume","barrier":7}"#,
+            r#"{"op":"pause","names":["missing"]}"#,
+        ] {
+            let a = d.handle_line(line);
+            assert_eq!(a["ok"], json!(false), "{line} -> {a}");
+            assert!(a["error"].is_string());
+        }
+    }
+}
