@@ -147,38 +147,51 @@ pub(crate) enum Created {
     AlreadyThere,
 }
 
+/// An S3 client for `s3://BUCKET/PREFIX` (`rest` is `BUCKET/PREFIX`),
+/// configured from the usual AWS environment variables.
+#[cfg(feature = "s3")]
+fn open_s3(url: &str, rest: &str) -> Result<(Arc<dyn ObjectStore>, ObjectPath)> {
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let allow_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v == "true" || v == "1");
+    let s3 = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_allow_http(allow_http)
+        .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
+        .with_retry(object_store::RetryConfig {
+            max_retries: 4,
+            retry_timeout: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .build()
+        .map_err(|e| tier_err(format!("configuring {url}"), e))?;
+    Ok((Arc::new(s3), ObjectPath::from(prefix)))
+}
+
+#[cfg(not(feature = "s3"))]
+fn open_s3(url: &str, _rest: &str) -> Result<(Arc<dyn ObjectStore>, ObjectPath)> {
+    Err(Error::Config(format!(
+        "{url}: this build has no S3 support (cowstore's `s3` feature)"
+    )))
+}
+
 impl ObjectTier {
     pub fn open(config: TierConfig, cache_dir: std::path::PathBuf, holder: String) -> Result<Self> {
-        let (store, prefix): (Arc<dyn ObjectStore>, ObjectPath) = if let Some(rest) =
-            config.url.strip_prefix("s3://")
-        {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            let allow_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v == "true" || v == "1");
-            let s3 = object_store::aws::AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .with_allow_http(allow_http)
-                .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
-                .with_retry(object_store::RetryConfig {
-                    max_retries: 4,
-                    retry_timeout: Duration::from_secs(30),
-                    ..Default::default()
-                })
-                .build()
-                .map_err(|e| tier_err(format!("configuring {}", config.url), e))?;
-            (Arc::new(s3), ObjectPath::from(prefix))
-        } else {
-            let dir = config.url.strip_prefix("file://").unwrap_or(&config.url);
-            if dir.is_empty() || dir.contains("://") {
-                return Err(Error::Config(format!(
-                    "object store URL {:?}: use s3://bucket/prefix, file:///path or a path",
-                    config.url
-                )));
-            }
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-            let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
-                .map_err(|e| tier_err(format!("opening {dir}"), e))?;
-            (Arc::new(fs), ObjectPath::from(""))
-        };
+        let (store, prefix): (Arc<dyn ObjectStore>, ObjectPath) =
+            if let Some(rest) = config.url.strip_prefix("s3://") {
+                open_s3(&config.url, rest)?
+            } else {
+                let dir = config.url.strip_prefix("file://").unwrap_or(&config.url);
+                if dir.is_empty() || dir.contains("://") {
+                    return Err(Error::Config(format!(
+                        "object store URL {:?}: use s3://bucket/prefix, file:///path or a path",
+                        config.url
+                    )));
+                }
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
+                    .map_err(|e| tier_err(format!("opening {dir}"), e))?;
+                (Arc::new(fs), ObjectPath::from(""))
+            };
         let store = match config.wrap {
             Some(wrap) => wrap(store),
             None => store,
