@@ -112,7 +112,8 @@ pub struct TierStats {
 pub(crate) struct ObjectTier {
     pub store: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
-    runtime: tokio::runtime::Runtime,
+    /// Always `Some` until drop (taken there to shut it down).
+    runtime: Option<tokio::runtime::Runtime>,
     pub config: TierConfig,
     pub cache: cache::BlockCache,
     pub upload_slots: Arc<tokio::sync::Semaphore>,
@@ -206,7 +207,7 @@ impl ObjectTier {
         Ok(ObjectTier {
             store,
             prefix,
-            runtime,
+            runtime: Some(runtime),
             upload_slots: Arc::new(tokio::sync::Semaphore::new(
                 config.upload_concurrency.max(1),
             )),
@@ -235,7 +236,7 @@ impl ObjectTier {
         &self,
         fut: impl Future<Output = Result<T>> + Send + 'static,
     ) -> Result<T> {
-        self.runtime
+        self.rt()?
             .spawn(fut)
             .await
             .map_err(|e| Error::ObjectStore(format!("tier task failed: {e}")))?
@@ -250,7 +251,13 @@ impl ObjectTier {
     }
 
     pub fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) {
-        self.runtime.spawn(fut);
+        if let Ok(rt) = self.rt() {
+            rt.spawn(fut);
+        }
+    }
+
+    fn rt(&self) -> Result<&tokio::runtime::Runtime> {
+        self.runtime.as_ref().ok_or(Error::Closed)
     }
 
     pub fn segment_key(id: u64) -> String {
@@ -284,6 +291,18 @@ impl ObjectTier {
 /// (collision-free and reversible).
 fn key_safe(name: &str) -> String {
     name.replace('_', "__").replace('@', "_a")
+}
+
+impl Drop for ObjectTier {
+    /// The last reference to a store may be dropped by one of the tier's own
+    /// background tasks; a runtime cannot be dropped from inside itself, so
+    /// it is shut down in the background. Unfinished uploads and publishes
+    /// resume at the next open.
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// The async operations, as free functions over a cloned handle so they can
