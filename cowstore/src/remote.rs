@@ -37,6 +37,9 @@ use crate::volume::{LogTail, Source, VolState, Volume, VolumeInner};
 const BACKGROUND_PATIENCE: Duration = Duration::from_secs(3600);
 /// How long a foreground upload (a publish someone waits for) retries.
 const FOREGROUND_PATIENCE: Duration = Duration::from_secs(120);
+/// How long taking a lease retries: it runs at open, where an unreachable
+/// object store should fail fast with a clear error.
+const LEASE_PATIENCE: Duration = Duration::from_secs(15);
 /// Blocks fetched ahead of a sequential reader.
 const PREFETCH_BLOCKS: u64 = 4;
 
@@ -519,8 +522,7 @@ impl StoreInner {
         let key = ObjectTier::lease_key(name);
         let body = Bytes::from(manifest::encode(&lease));
         let k = key.clone();
-        let created =
-            tier.block(async move { h.put_create(&k, body, FOREGROUND_PATIENCE).await })?;
+        let created = tier.block(async move { h.put_create(&k, body, LEASE_PATIENCE).await })?;
         if created == Created::Now {
             return Ok(());
         }
