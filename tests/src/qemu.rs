@@ -278,20 +278,31 @@ impl Guest {
         serial: &Path,
         sockets: &[PathBuf],
     ) -> Result<Guest> {
+        Guest::start_smp(env, initrd, serial, sockets, 2)
+    }
+
+    /// [`Guest::start`] with `smp` vCPUs (1 when several guests share the host).
+    pub fn start_smp(
+        env: &GuestEnv,
+        initrd: &Path,
+        serial: &Path,
+        sockets: &[PathBuf],
+        smp: u32,
+    ) -> Result<Guest> {
         let mut cmd = Command::new(&env.qemu);
-        cmd.args([
-            "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "512M",
-        ])
-        .args(["-object", "memory-backend-memfd,id=mem,size=512M,share=on"])
-        .args(["-numa", "node,memdev=mem"])
-        .arg("-kernel")
-        .arg(&env.kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", "console=ttyS0 quiet panic=-1"])
-        .args(["-display", "none", "-monitor", "none", "-no-reboot"])
-        .arg("-serial")
-        .arg(format!("file:{}", serial.display()));
+        cmd.args(["-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp"])
+            .arg(smp.to_string())
+            .args(["-m", "512M"])
+            .args(["-object", "memory-backend-memfd,id=mem,size=512M,share=on"])
+            .args(["-numa", "node,memdev=mem"])
+            .arg("-kernel")
+            .arg(&env.kernel)
+            .arg("-initrd")
+            .arg(initrd)
+            .args(["-append", "console=ttyS0 quiet panic=-1"])
+            .args(["-display", "none", "-monitor", "none", "-no-reboot"])
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()));
         for (i, s) in sockets.iter().enumerate() {
             cmd.arg("-chardev")
                 .arg(format!("socket,id=c{i},path={}", s.display()))
@@ -398,6 +409,19 @@ pub fn read_volume(vol: &cowstore::Volume, offset: u64, len: u64) -> Result<Vec<
     while at < offset + len {
         let n = chunk.min(offset + len - at);
         out.extend(futures::executor::block_on(vol.read(at, n))?);
+        at += n;
+    }
+    Ok(out)
+}
+
+/// Reads `len` bytes at `offset` of a snapshot through the engine.
+pub fn read_snapshot(snap: &cowstore::Snapshot, offset: u64, len: u64) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(len as usize);
+    let chunk = 4u64 << 20;
+    let mut at = offset;
+    while at < offset + len {
+        let n = chunk.min(offset + len - at);
+        out.extend(futures::executor::block_on(snap.read(at, n))?);
         at += n;
     }
     Ok(out)

@@ -5,9 +5,9 @@
 //! - `pattern_ext4_offline`: O_DIRECT pattern write + read-back, discard,
 //!   GET_ID, ext4 (made on the host with mkfs.ext4, mounted and written in
 //!   the guest), then the same bytes read offline through the engine.
-//! - `two_guests_snapshot_barrier`: two guests on two volumes of one daemon
-//!   at once, a read-only snapshot export, and the snapshot barrier driven
-//!   over the control socket while a guest writes.
+//!
+//! Several guests or exports of one daemon (two guests at once, a read-only
+//! snapshot export, the snapshot barrier while a guest writes): qemu_multi.rs.
 
 #[path = "../src/qemu.rs"]
 #[allow(dead_code)]
