@@ -389,12 +389,10 @@ impl Store {
             Some(t) => Some(ObjectTier::open(
                 t.clone(),
                 dir.join("cache"),
-                format!(
-                    "store {:016x} on {} (pid {})",
-                    settings.id_salt,
-                    hostname(),
-                    std::process::id()
-                ),
+                // The holder is the store, not the process: only one process
+                // can open a store (the catalog lock), and a restarted one
+                // after a crash is the same writer.
+                format!("store {:016x} on {}", settings.id_salt, hostname()),
             )?),
             None => None,
         };

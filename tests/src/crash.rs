@@ -46,10 +46,17 @@ const MAGIC: &[u8; 8] = b"CRASHBLK";
 /// The victim's store settings: small segments and a small checkpoint
 /// interval, so segment rolls and background checkpoints happen every
 /// fraction of a second.
+///
+/// With `COWSTORE_CRASH_BUCKET` set, the store also has an object tier in
+/// that local folder (local durability: uploads run in the background, so a
+/// kill lands mid-upload).
 pub fn store_config() -> StoreConfig {
     StoreConfig {
         segment_bytes: 256 << 10,
         checkpoint_interval_bytes: 1 << 20,
+        tier: std::env::var("COWSTORE_CRASH_BUCKET")
+            .ok()
+            .map(cowstore::TierConfig::new),
         ..StoreConfig::default()
     }
 }
