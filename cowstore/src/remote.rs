@@ -618,9 +618,24 @@ impl Store {
                 futures::executor::block_on(s.upload_segment(id, FOREGROUND_PATIENCE))?;
             }
         }
+        // Publish what never was, and again what the bucket lost (a server
+        // that came back without its data): publishing HEAD-checks every
+        // object and re-uploads missing ones from the local copies.
         let metas: Vec<SnapshotMeta> = Catalog::all(&s.catalog.snapshots)?;
-        for m in metas.into_iter().filter(|m| !m.published) {
-            if let Some(snap) = s.snapshots.read().get(&m.id).cloned() {
+        for m in metas {
+            let Some(snap) = s.snapshots.read().get(&m.id).cloned() else {
+                continue;
+            };
+            if !snap.ready.load(Ordering::Acquire) {
+                continue;
+            }
+            let in_bucket = m.published && {
+                let tier = s.tier()?;
+                let h = tier.handle();
+                let key = ObjectTier::snapshot_manifest_key(&m.name);
+                tier.block(async move { h.head(&key).await })?.is_some()
+            };
+            if !in_bucket {
                 futures::executor::block_on(s.publish_snapshot(snap))?;
             }
         }

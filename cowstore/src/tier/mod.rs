@@ -69,6 +69,9 @@ pub struct TierConfig {
     /// Object GC deletes an unreferenced object only once it is this old, so
     /// an upload another host has not yet named in a manifest survives.
     pub gc_grace_s: u64,
+    /// S3 settings that override the environment, as object_store config
+    /// keys (`aws_endpoint`, `aws_access_key_id`, `aws_allow_http`, ...).
+    pub s3_options: Vec<(String, String)>,
     /// Tests: wrap the object store (fault injection) before use.
     pub wrap: Option<WrapStore>,
 }
@@ -81,6 +84,7 @@ impl TierConfig {
             cache_bytes: 1 << 30,
             upload_concurrency: 4,
             gc_grace_s: 3600,
+            s3_options: Vec::new(),
             wrap: None,
         }
     }
@@ -151,12 +155,22 @@ pub(crate) enum Created {
 /// An S3 client for `s3://BUCKET/PREFIX` (`rest` is `BUCKET/PREFIX`),
 /// configured from the usual AWS environment variables.
 #[cfg(feature = "s3")]
-fn open_s3(url: &str, rest: &str) -> Result<(Arc<dyn ObjectStore>, ObjectPath)> {
+fn open_s3(
+    url: &str,
+    rest: &str,
+    options: &[(String, String)],
+) -> Result<(Arc<dyn ObjectStore>, ObjectPath)> {
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     let allow_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v == "true" || v == "1");
-    let s3 = object_store::aws::AmazonS3Builder::from_env()
+    let mut builder = object_store::aws::AmazonS3Builder::from_env().with_allow_http(allow_http);
+    for (key, value) in options {
+        let key: object_store::aws::AmazonS3ConfigKey = key
+            .parse()
+            .map_err(|e| Error::Config(format!("S3 option {key}: {e}")))?;
+        builder = builder.with_config(key, value);
+    }
+    let s3 = builder
         .with_bucket_name(bucket)
-        .with_allow_http(allow_http)
         .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
         .with_retry(object_store::RetryConfig {
             max_retries: 4,
@@ -169,7 +183,11 @@ fn open_s3(url: &str, rest: &str) -> Result<(Arc<dyn ObjectStore>, ObjectPath)> 
 }
 
 #[cfg(not(feature = "s3"))]
-fn open_s3(url: &str, _rest: &str) -> Result<(Arc<dyn ObjectStore>, ObjectPath)> {
+fn open_s3(
+    url: &str,
+    _rest: &str,
+    _options: &[(String, String)],
+) -> Result<(Arc<dyn ObjectStore>, ObjectPath)> {
     Err(Error::Config(format!(
         "{url}: this build has no S3 support (cowstore's `s3` feature)"
     )))
@@ -179,7 +197,7 @@ impl ObjectTier {
     pub fn open(config: TierConfig, cache_dir: std::path::PathBuf, holder: String) -> Result<Self> {
         let (store, prefix): (Arc<dyn ObjectStore>, ObjectPath) =
             if let Some(rest) = config.url.strip_prefix("s3://") {
-                open_s3(&config.url, rest)?
+                open_s3(&config.url, rest, &config.s3_options)?
             } else {
                 let dir = config.url.strip_prefix("file://").unwrap_or(&config.url);
                 if dir.is_empty() || dir.contains("://") {
