@@ -459,6 +459,21 @@ impl TierHandle {
     /// remote listings); a prefix-scoped list is the next step once the
     /// test server accepts it.
     pub async fn list(&self, dir: &str) -> Result<Vec<(String, ObjectMeta)>> {
+        // A listing that fails part-way is started over, a few times.
+        let mut attempt = 0;
+        loop {
+            match self.list_once(dir).await {
+                Err(Error::ObjectStore(why)) if attempt < 6 => {
+                    attempt += 1;
+                    tracing::warn!("list {dir} failed, retrying: {why}");
+                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn list_once(&self, dir: &str) -> Result<Vec<(String, ObjectMeta)>> {
         let wanted = self.path(dir.trim_end_matches('/')).as_ref().to_string() + "/";
         let mut out = Vec::new();
         let mut stream = self.store.list(None);

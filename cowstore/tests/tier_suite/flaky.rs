@@ -1,5 +1,6 @@
-//! A fault-injecting wrapper around any object store: every third put,
-//! get and head fails with a transient error, and every call is delayed.
+//! A fault-injecting wrapper around any object store: every third call
+//! (put, get, head, list, delete) fails with a transient error, and puts and
+//! gets are delayed.
 //! Beside the real store, never instead of it.
 
 use std::fmt;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::stream::BoxStream;
+use futures::stream::{BoxStream, StreamExt};
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
@@ -31,6 +32,10 @@ impl Flaky {
 
     async fn fault(&self, what: &str) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(3)).await;
+        self.fault_now(what)
+    }
+
+    fn fault_now(&self, what: &str) -> Result<()> {
         if self.calls.fetch_add(1, Ordering::Relaxed) % 3 == 2 {
             super::INJECTED.fetch_add(1, Ordering::Relaxed);
             return Err(object_store::Error::Generic {
@@ -77,11 +82,17 @@ impl ObjectStore for Flaky {
         &self,
         locations: BoxStream<'static, Result<Path>>,
     ) -> BoxStream<'static, Result<Path>> {
-        self.inner.delete_stream(locations)
+        match self.fault_now("delete") {
+            Ok(()) => self.inner.delete_stream(locations),
+            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+        }
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        self.inner.list(prefix)
+        match self.fault_now("list") {
+            Ok(()) => self.inner.list(prefix),
+            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+        }
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {

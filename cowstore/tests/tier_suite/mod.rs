@@ -218,6 +218,11 @@ pub fn flaky_object_store(
         "no fault was injected"
     );
     assert!(store.tier_stats().unwrap().upload_retries > 0);
+    // Listing and deleting go through the faults too (object GC).
+    store.delete_snapshot("flaky@0").unwrap();
+    store.gc().unwrap();
+    store.gc_objects().unwrap();
+    assert_eq!(store.remote_snapshots().unwrap().len(), 3);
     drop(v);
     store.close().unwrap();
     let b = tempfile::tempdir().unwrap();
