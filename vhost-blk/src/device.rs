@@ -103,6 +103,10 @@ pub struct BlkBackend {
     event_idx: AtomicBool,
     acked_features: AtomicU64,
     exits: Vec<(EventConsumer, EventNotifier)>,
+    /// Set when the connection ended: a worker parked at a paused gate must
+    /// not run the dead connection's queued requests once the gate opens
+    /// (a new frontend may have written newer data since).
+    stopped: AtomicBool,
 }
 
 impl BlkBackend {
@@ -120,16 +124,25 @@ impl BlkBackend {
             event_idx: AtomicBool::new(false),
             acked_features: AtomicU64::new(0),
             exits,
+            stopped: AtomicBool::new(false),
         })
     }
 
     /// Tells every worker thread to exit (after the connection ended).
     pub fn stop_workers(&self) {
+        self.stopped.store(true, Ordering::Release);
         for (_, notifier) in &self.exits {
             if let Err(e) = notifier.notify() {
                 warn!(error = %e, "cannot signal a queue worker to exit");
             }
         }
+    }
+
+    /// Waits at the barrier gate for the next batch; `None` once the
+    /// connection has ended (checked after the wait, which may be long).
+    fn admit(&self) -> Option<crate::export::GateGuard<'_>> {
+        let guard = self.export.gate.enter();
+        (!self.stopped.load(Ordering::Acquire)).then_some(guard)
     }
 
     /// Serves one ring until it has no more available chains.
@@ -138,7 +151,9 @@ impl BlkBackend {
             return Ok(());
         };
         loop {
-            let _batch = self.export.gate.enter();
+            let Some(_batch) = self.admit() else {
+                return Ok(());
+            };
             let guard = atomic.memory();
             let mem: &GuestMem = &guard;
             let chains: Vec<_> = {
@@ -491,6 +506,26 @@ mod tests {
         assert_eq!(s.rejected, 2);
         assert_eq!(s.rejected_by_cause.get("out_of_range"), Some(&1));
         assert_eq!(s.rejected_by_cause.get("status_not_writable"), Some(&1));
+    }
+
+    /// A worker parked at a paused gate when its connection ends does not
+    /// take another batch once the gate opens.
+    #[test]
+    fn stopped_connection_takes_no_batch_after_resume() {
+        let (_dir, backend, _mem) = setup();
+        assert!(backend.admit().is_some());
+        backend.export.gate.close();
+        std::thread::scope(|scope| {
+            let parked = scope.spawn(|| backend.admit().is_some());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            backend.stop_workers();
+            backend.export.gate.open();
+            assert!(
+                !parked.join().unwrap(),
+                "a stopped connection ran a batch after resume"
+            );
+        });
+        assert!(backend.admit().is_none());
     }
 
     #[test]
