@@ -221,12 +221,26 @@ pub fn encode_data(data: &[u8]) -> Option<(u8, Vec<u8>)> {
     if is_all_zero(data) {
         return None;
     }
+    // Early abort: when the first 4 KiB do not compress, the chunk is stored
+    // as is without compressing the rest (lz4 on incompressible data was 7-8%
+    // of the write path's CPU). A chunk that only compresses past its first
+    // 4 KiB is stored uncompressed: correct, slightly larger.
+    if data.len() > 2 * PROBE_BYTES && !saves_an_eighth(&data[..PROBE_BYTES]) {
+        return Some((0, data.to_vec()));
+    }
     let compressed = lz4_flex::block::compress(data);
     if compressed.len() <= data.len() - data.len() / 8 {
         Some((FLAG_COMPRESSED, compressed))
     } else {
         Some((0, data.to_vec()))
     }
+}
+
+/// Bytes of a chunk tried before compressing all of it.
+const PROBE_BYTES: usize = 4096;
+
+fn saves_an_eighth(data: &[u8]) -> bool {
+    lz4_flex::block::compress(data).len() <= data.len() - data.len() / 8
 }
 
 /// Decodes a stored payload back into `data_bytes` bytes of guest data.
@@ -333,6 +347,25 @@ mod tests {
             RecordHeader::decode(&rec[..10]),
             Err(RecordError::Truncated)
         );
+    }
+
+    #[test]
+    fn incompressible_chunks_are_stored_raw_without_compressing_them_whole() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let random: Vec<u8> = (0..65536)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let (flags, payload) = encode_data(&random).unwrap();
+        assert_eq!(flags, 0);
+        assert_eq!(payload, random);
+        // Compressible data past the probe still compresses.
+        let (flags, _) = encode_data(&[7u8; 65536]).unwrap();
+        assert_eq!(flags, FLAG_COMPRESSED);
     }
 
     #[test]
