@@ -353,6 +353,20 @@ impl StoreInner {
         let tier = self.tier()?;
         snap.write_checkpoint(&self.ckpt_dir, false)?;
         let ids: BTreeSet<u64> = snap.map.read().iter().map(|(_, e)| e.segment_id).collect();
+        // A snapshot recovered from its marker after a crash may read from
+        // its volume's unsealed tail (the crash came before the seal): seal
+        // it first, since only sealed segments are uploaded.
+        let owner = self.volumes.read().get(&snap.meta.volume_id).cloned();
+        if let Some(v) = owner {
+            if ids.contains(&v.state.read().tail.segment.id) {
+                Volume {
+                    store: self.clone(),
+                    inner: v.clone(),
+                }
+                .seal_log()
+                .await?;
+            }
+        }
         let mut refs = Vec::with_capacity(ids.len());
         for id in ids {
             refs.push(self.ensure_uploaded(id).await?);
