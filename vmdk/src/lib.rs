@@ -1,0 +1,1 @@
+//! VMDK (and OVA) reading and writing. Being built: see the CLI issue.
