@@ -23,6 +23,10 @@ pub enum Error {
     VolumeNotFound(String),
     #[error("snapshot {0:?} not found")]
     SnapshotNotFound(String),
+    #[error("no volume or snapshot named {0:?}")]
+    NotFound(String),
+    #[error("{a:?} and {b:?} are not of the same volume")]
+    Unrelated { a: String, b: String },
     #[error("a volume or snapshot named {0:?} already exists")]
     AlreadyExists(String),
     #[error("volume size {size_bytes} is invalid: {why}")]

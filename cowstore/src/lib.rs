@@ -34,6 +34,7 @@ mod error;
 pub mod extent_map;
 pub mod gc;
 mod inflight;
+pub mod inspect;
 mod io;
 pub mod limits;
 pub mod record;
@@ -47,6 +48,7 @@ mod volume;
 
 pub use error::{Error, Result};
 pub use gc::GcReport;
+pub use inspect::{ByteRange, ObjectKind, SpaceUsage, VerifyError, VerifyReport};
 pub use io::IoBackendChoice;
 pub use recovery::RecoveryStats;
 pub use remote::ObjectGcReport;
