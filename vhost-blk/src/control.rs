@@ -64,11 +64,26 @@ pub enum Command {
     Snapshot { volume: String, name: String },
     /// The snapshot barrier, last step: let I/O flow again.
     Resume { barrier: u64 },
+    /// Deletes snapshot `name` (a group snapshot manager undoing a member).
+    DeleteSnapshot { name: String },
+    /// Makes volume `name` from `snapshot`, sharing its data.
+    CloneSnapshot { snapshot: String, name: String },
+    /// Changed ranges between two snapshots of one volume (or a snapshot and
+    /// the volume).
+    /// With `summary: true` only the totals come back (answers stay small).
+    Diff {
+        from: String,
+        to: String,
+        #[serde(default)]
+        summary: bool,
+    },
 }
 
 struct Barrier {
     id: u64,
     names: Vec<String>,
+    /// When the gates closed: resume reports how long guests were held.
+    paused_at: Instant,
 }
 
 /// Everything cowstored serves, over one store.
@@ -263,6 +278,7 @@ impl Daemon {
         *barrier = Some(Barrier {
             id,
             names: targets.iter().map(|(n, _)| n.clone()).collect(),
+            paused_at: started,
         });
         drop(barrier);
         let me = Arc::downgrade(self);
@@ -310,8 +326,9 @@ impl Daemon {
                 s.export.gate.open();
             }
         }
-        info!(barrier = id, "barrier: resumed");
-        Ok(json!({"barrier": id}))
+        let paused_us = u64::try_from(b.paused_at.elapsed().as_micros()).unwrap_or(u64::MAX);
+        info!(barrier = id, paused_us, "barrier: resumed");
+        Ok(json!({"barrier": id, "paused_us": paused_us}))
     }
 
     /// Executes one request.
@@ -338,9 +355,27 @@ impl Daemon {
             ),
             Command::Snapshot { volume, name } => {
                 let info = self.store.create_snapshot(&volume, &name)?;
-                Ok(json!({"volume": volume, "name": info.name}))
+                Ok(json!({"volume": volume, "name": info.name, "size_bytes": info.size_bytes}))
             }
             Command::Resume { barrier } => self.resume(barrier),
+            Command::DeleteSnapshot { name } => {
+                self.store.delete_snapshot(&name)?;
+                Ok(json!({"name": name}))
+            }
+            Command::CloneSnapshot { snapshot, name } => {
+                let vol = self.store.clone_snapshot(&snapshot, &name)?;
+                Ok(json!({"name": name, "snapshot": snapshot, "size_bytes": vol.size_bytes()}))
+            }
+            Command::Diff { from, to, summary } => {
+                let ranges = self.store.diff(&from, &to)?;
+                let changed_bytes: u64 = ranges.iter().map(|r| r.len_bytes).sum();
+                let mut answer = json!({"from": from, "to": to, "changed_bytes": changed_bytes,
+                                        "range_count": ranges.len()});
+                if !summary {
+                    answer["ranges"] = json!(ranges);
+                }
+                Ok(answer)
+            }
         }
     }
 
