@@ -186,7 +186,7 @@ impl Daemon {
                 })
             })
             .collect();
-        json!({ "exports": list })
+        json!({ "exports": list, "store": self.store.root() })
     }
 
     pub fn stats(&self, name: Option<&str>) -> Result<BTreeMap<String, StatsReport>, ControlError> {
