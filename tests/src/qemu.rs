@@ -234,6 +234,19 @@ impl Daemon {
         Ok(serde_json::from_str(&line)?)
     }
 
+    /// SIGKILL: no flush, no close, the store left as a crash leaves it.
+    /// Waits until the process is gone and removes its stale control socket
+    /// (so that the next [`Daemon::start`] waits for the new one). Returns
+    /// the log file.
+    pub fn kill9(mut self) -> Result<PathBuf> {
+        self.child.kill().context("SIGKILL cowstored")?;
+        self.child
+            .wait()
+            .context("waiting for the killed cowstored")?;
+        let _ = std::fs::remove_file(&self.control);
+        Ok(self.log.clone())
+    }
+
     /// SIGTERM, then wait (the daemon flushes and closes the store).
     pub fn stop(mut self) -> Result<()> {
         let pid = i32::try_from(self.child.id())?;
@@ -289,6 +302,20 @@ impl Guest {
         sockets: &[PathBuf],
         smp: u32,
     ) -> Result<Guest> {
+        Guest::start_opts(env, initrd, serial, sockets, smp, false)
+    }
+
+    /// [`Guest::start_smp`]; with `reconnect`, QEMU's chardevs reconnect to
+    /// a backend that went away (`reconnect=1`: retry every second), which
+    /// the backend-restart suite needs.
+    pub fn start_opts(
+        env: &GuestEnv,
+        initrd: &Path,
+        serial: &Path,
+        sockets: &[PathBuf],
+        smp: u32,
+        reconnect: bool,
+    ) -> Result<Guest> {
         let mut cmd = Command::new(&env.qemu);
         cmd.args(["-machine", "q35", "-accel", "tcg", "-cpu", "max", "-smp"])
             .arg(smp.to_string())
@@ -304,8 +331,9 @@ impl Guest {
             .arg("-serial")
             .arg(format!("file:{}", serial.display()));
         for (i, s) in sockets.iter().enumerate() {
+            let reconnect = if reconnect { ",reconnect=1" } else { "" };
             cmd.arg("-chardev")
-                .arg(format!("socket,id=c{i},path={}", s.display()))
+                .arg(format!("socket,id=c{i},path={}{reconnect}", s.display()))
                 .arg("-device")
                 .arg(format!("vhost-user-blk-pci,chardev=c{i},num-queues=2"));
         }

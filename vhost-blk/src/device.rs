@@ -1,34 +1,41 @@
-//! The virtio-blk device on rust-vmm's `vhost-user-backend`: features,
-//! config space, and the queue workers that parse, execute and complete
-//! requests.
+//! The virtio-blk device: features, config space, and what a queue's worker
+//! thread ([`crate::connection`]) runs on a kick: parse, execute, complete.
 //!
 //! One worker thread per queue (queues are served in parallel). A worker
-//! takes every available chain from its ring at once, runs them all
+//! takes every available chain from its ring at once, marks them in flight
+//! ([`crate::inflight`], when the frontend gave a region), runs them all
 //! concurrently against the engine (the engine keeps many requests in flight
-//! through io_uring), then publishes all completions with one used-ring
-//! update and at most one interrupt (completions are batched).
+//! through io_uring), then publishes all completions with one pass over the
+//! used ring and at most one interrupt (completions are batched). After a
+//! backend restart, the chains the old backend had taken and not completed
+//! run first.
 
+use std::collections::BTreeSet;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures::future::join_all;
-use parking_lot::RwLock;
+use parking_lot::{Condvar, Mutex, RwLock};
 use tracing::{debug, warn};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vhost_user_backend::{VringRwLock, VringT};
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
+};
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::QueueOwnedT;
-use vm_memory::{Bytes, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::epoll::EventSet;
+use virtio_queue::{QueueOwnedT, QueueT};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap,
+};
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
 use crate::export::{Export, Stats, MAX_DISCARD_SEG, SEG_MAX, SIZE_MAX};
+use crate::inflight::QueueInflight;
 use crate::request::{parse, Limits, Request, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
 
 /// Ring size the device accepts at most.
@@ -94,6 +101,82 @@ pub fn config_space(limits: &Limits, num_queues: u16) -> [u8; CONFIG_BYTES] {
     c
 }
 
+/// Orders acknowledgements of writes across queues.
+///
+/// The engine gives each write a sequence number when it starts, and after a
+/// crash recovery keeps only a prefix of the log: a write whose record lies
+/// after one whose I/O had not finished is cut. Within one queue a batch's
+/// completions are published only after the whole batch ran, and batches
+/// run one after the other, so nothing is acknowledged ahead of an earlier
+/// write. Across queues it could be: queue 1 acknowledges write B while
+/// queue 0's earlier write A is still in flight; kill -9 now, A is
+/// resubmitted but B (acknowledged, so not resubmitted) was cut. So a batch
+/// that mutates the volume takes a ticket when it starts and, before
+/// publishing, waits for every mutating batch that started before it
+/// finished (any write with a lower sequence number is in one of those).
+/// Batches that start later never hold it up, so it cannot starve; read-only
+/// batches take no part.
+#[derive(Default)]
+pub struct AckOrder {
+    state: Mutex<AckState>,
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct AckState {
+    next_ticket: u64,
+    /// Tickets of mutating batches still executing (at most one per queue).
+    executing: BTreeSet<u64>,
+}
+
+impl AckOrder {
+    /// A mutating batch starts executing.
+    pub fn begin(&self) -> u64 {
+        let mut s = self.state.lock();
+        let t = s.next_ticket;
+        s.next_ticket += 1;
+        s.executing.insert(t);
+        t
+    }
+
+    /// The batch with `ticket` finished executing: waits until every
+    /// mutating batch that started before now has finished too.
+    pub fn finish_and_wait(&self, ticket: u64) {
+        let mut s = self.state.lock();
+        s.executing.remove(&ticket);
+        self.done.notify_all();
+        let horizon = s.next_ticket;
+        while s.executing.first().is_some_and(|&t| t < horizon) {
+            self.done.wait(&mut s);
+        }
+    }
+}
+
+/// Does this chain ask to change the volume (OUT, DISCARD, WRITE_ZEROES)?
+/// Reads the request type from the header without validating the chain
+/// (that is `parse`'s job): a wrong guess only costs an ordering wait.
+fn mutates(descs: &[Descriptor], mem: &GuestMem) -> bool {
+    let Some(first) = descs.first() else {
+        return false;
+    };
+    matches!(
+        mem.read_obj::<u32>(first.addr()).map(u32::from_le),
+        Ok(crate::request::VIRTIO_BLK_T_OUT
+            | crate::request::VIRTIO_BLK_T_DISCARD
+            | crate::request::VIRTIO_BLK_T_WRITE_ZEROES)
+    )
+}
+
+/// Inflight tracking state of one queue (see [`crate::inflight`]).
+#[derive(Default)]
+struct Track {
+    inflight: Option<QueueInflight>,
+    /// Fetch-order counter the next chain gets.
+    counter: u64,
+    /// Heads to run again before taking new chains (after a reconnect).
+    resubmit: Vec<u16>,
+}
+
 /// The backend of one vhost-user connection.
 pub struct BlkBackend {
     export: Arc<Export>,
@@ -101,8 +184,12 @@ pub struct BlkBackend {
     config: [u8; CONFIG_BYTES],
     mem: RwLock<Option<GuestMemoryAtomic<GuestMem>>>,
     event_idx: AtomicBool,
-    acked_features: AtomicU64,
     exits: Vec<(EventConsumer, EventNotifier)>,
+    tracks: Vec<Mutex<Track>>,
+    /// Held by a queue's worker while it runs a batch, so that stopping a
+    /// ring (GET_VRING_BASE) can wait until nothing more goes into it.
+    busy: Vec<Mutex<()>>,
+    ack_order: AckOrder,
     /// Set when the connection ended: a worker parked at a paused gate must
     /// not run the dead connection's queued requests once the gate opens
     /// (a new frontend may have written newer data since).
@@ -116,16 +203,102 @@ impl BlkBackend {
         let exits = (0..export.num_queues)
             .map(|_| new_event_consumer_and_notifier(EventFlag::NONBLOCK))
             .collect::<io::Result<Vec<_>>>()?;
+        let tracks = (0..export.num_queues)
+            .map(|_| Mutex::new(Track::default()))
+            .collect();
+        let export_queues = export.num_queues;
         Ok(BlkBackend {
             export,
             limits,
             config,
             mem: RwLock::new(None),
             event_idx: AtomicBool::new(false),
-            acked_features: AtomicU64::new(0),
             exits,
+            tracks,
+            busy: (0..export_queues).map(|_| Mutex::new(())).collect(),
+            ack_order: AckOrder::default(),
             stopped: AtomicBool::new(false),
         })
+    }
+
+    /// The export's name (for logs and thread names).
+    pub fn name(&self) -> &str {
+        self.export.target.name()
+    }
+
+    /// Queues the device offers.
+    pub fn num_queues(&self) -> u16 {
+        self.export.num_queues
+    }
+
+    /// Device feature bits.
+    pub fn features(&self) -> u64 {
+        device_features(self.limits.read_only, self.export.num_queues > 1)
+    }
+
+    /// vhost-user protocol features.
+    pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+    }
+
+    pub fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    /// `size` bytes of config space from `offset` (empty when out of range).
+    pub fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let start = offset as usize;
+        let end = start.saturating_add(size as usize);
+        self.config
+            .get(start..end)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default()
+    }
+
+    pub fn update_memory(&self, mem: GuestMemoryAtomic<GuestMem>) {
+        *self.mem.write() = Some(mem);
+    }
+
+    /// The event a queue's worker waits on to exit.
+    pub fn exit_event(&self, queue: u16) -> Option<EventConsumer> {
+        self.exits.get(usize::from(queue))?.0.try_clone().ok()
+    }
+
+    /// Sets a queue's inflight tracking when its ring starts: the region
+    /// (if the frontend gave one), the chains to resubmit first, and the
+    /// counter to continue from.
+    pub fn set_tracking(
+        &self,
+        queue: u16,
+        inflight: Option<QueueInflight>,
+        resubmit: Vec<u16>,
+        next_counter: u64,
+    ) {
+        if let Some(t) = self.tracks.get(usize::from(queue)) {
+            *t.lock() = Track {
+                inflight,
+                counter: next_counter,
+                resubmit,
+            };
+        }
+    }
+
+    /// Waits until queue `queue`'s worker is not running a batch. Called
+    /// after the ring was stopped: the worker takes no new batch from a
+    /// stopped ring, so from here on nothing is written to its used ring.
+    pub fn quiesce(&self, queue: u16) {
+        if let Some(b) = self.busy.get(usize::from(queue)) {
+            drop(b.lock());
+        }
+    }
+
+    /// Has the connection ended?
+    pub fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
     }
 
     /// Tells every worker thread to exit (after the connection ended).
@@ -145,15 +318,134 @@ impl BlkBackend {
         (!self.stopped.load(Ordering::Acquire)).then_some(guard)
     }
 
+    /// Serves queue `queue` after a kick: with EVENT_IDX, processes,
+    /// re-enables notifications and goes again if the driver added chains
+    /// meanwhile (the classic EVENT_IDX race).
+    pub fn serve(&self, queue: u16, vring: &VringRwLock) -> io::Result<()> {
+        if !self.event_idx.load(Ordering::Relaxed) {
+            return self.process_queue(queue, vring);
+        }
+        loop {
+            vring
+                .disable_notification()
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            self.process_queue(queue, vring)?;
+            let more = vring
+                .enable_notification()
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Puts one completed chain into the used ring, with the inflight
+    /// protocol's steps around it (last_batch_head, used ring, clear).
+    fn complete(
+        &self,
+        vring: &VringRwLock,
+        inflight: Option<&QueueInflight>,
+        head: u16,
+        used_len: u32,
+    ) -> io::Result<()> {
+        if let Some(q) = inflight {
+            q.before_used(head).map_err(io::Error::other)?;
+        }
+        vring
+            .add_used(head, used_len)
+            .map_err(|e| io::Error::other(format!("used ring: {e}")))?;
+        if let Some(q) = inflight {
+            let used_idx = vring.get_ref().get_queue().next_used();
+            q.after_used(head, used_idx).map_err(io::Error::other)?;
+        }
+        Ok(())
+    }
+
+    /// Interrupts the driver if the ring says it wants one.
+    fn notify(&self, vring: &VringRwLock) -> io::Result<()> {
+        let notify = vring
+            .needs_notification()
+            .map_err(|e| io::Error::other(format!("used ring: {e}")))?;
+        if notify {
+            Stats::add(&self.export.stats.notifications, 1);
+            vring.signal_used_queue()?;
+        }
+        Ok(())
+    }
+
+    /// Runs the chains a previous backend had taken and not completed, one
+    /// at a time in the order it took them (so two writes to one block land
+    /// in the order the guest sent them).
+    fn resubmit(
+        &self,
+        vring: &VringRwLock,
+        inflight: Option<&QueueInflight>,
+        heads: Vec<u16>,
+        mem: &GuestMem,
+    ) -> io::Result<()> {
+        let (desc_table, queue_size) = {
+            let state = vring.get_ref();
+            let q = state.get_queue();
+            (GuestAddress(q.desc_table()), q.size())
+        };
+        let max = self.limits.max_descriptors() + 1;
+        let ticket = self.ack_order.begin();
+        let mut done = Vec::with_capacity(heads.len());
+        for head in heads {
+            let used_len = match walk_chain(mem, desc_table, queue_size, head, max) {
+                Ok(descs) => futures::executor::block_on(self.execute(&descs, mem)),
+                Err(e) => {
+                    warn!(export = self.name(), head, error = %e, "cannot resubmit a chain");
+                    0
+                }
+            };
+            done.push((head, used_len));
+        }
+        self.ack_order.finish_and_wait(ticket);
+        for (head, used_len) in done {
+            self.complete(vring, inflight, head, used_len)?;
+        }
+        Stats::add(&self.export.stats.batches, 1);
+        self.notify(vring)
+    }
+
     /// Serves one ring until it has no more available chains.
-    fn process_queue(&self, vring: &VringRwLock) -> io::Result<()> {
+    fn process_queue(&self, queue: u16, vring: &VringRwLock) -> io::Result<()> {
         let Some(atomic) = self.mem.read().clone() else {
             return Ok(());
         };
+        let track = self
+            .tracks
+            .get(usize::from(queue))
+            .ok_or_else(|| io::Error::other(format!("no queue {queue}")))?;
+        let (inflight, resubmit) = {
+            let mut t = track.lock();
+            (t.inflight.clone(), std::mem::take(&mut t.resubmit))
+        };
+        let busy = self
+            .busy
+            .get(usize::from(queue))
+            .ok_or_else(|| io::Error::other(format!("no queue {queue}")))?;
+        let ready = || vring.get_ref().get_queue().ready();
+        if !resubmit.is_empty() {
+            let Some(_batch) = self.admit() else {
+                return Ok(());
+            };
+            let _busy = busy.lock();
+            if !ready() {
+                return Ok(());
+            }
+            let guard = atomic.memory();
+            self.resubmit(vring, inflight.as_ref(), resubmit, &guard)?;
+        }
         loop {
             let Some(_batch) = self.admit() else {
                 return Ok(());
             };
+            let _busy = busy.lock();
+            if !ready() {
+                return Ok(());
+            }
             let guard = atomic.memory();
             let mem: &GuestMem = &guard;
             let chains: Vec<_> = {
@@ -167,29 +459,40 @@ impl BlkBackend {
             if chains.is_empty() {
                 return Ok(());
             }
+            // Every chain is marked in flight before any of them runs: a
+            // crash from here on resubmits exactly the unfinished ones.
+            if let Some(q) = &inflight {
+                let mut t = track.lock();
+                for chain in &chains {
+                    q.mark(chain.head_index(), t.counter)
+                        .map_err(io::Error::other)?;
+                    t.counter += 1;
+                }
+            }
             let n = chains.len() as u64;
             Stats::add(&self.export.stats.in_flight, n);
             let max = self.limits.max_descriptors() + 1;
-            let work = chains.into_iter().map(|chain| {
-                let head = chain.head_index();
-                let descs: Vec<Descriptor> = chain.take(max).collect();
-                async move { (head, self.execute(&descs, mem).await) }
-            });
+            let batch: Vec<(u16, Vec<Descriptor>)> = chains
+                .into_iter()
+                .map(|chain| (chain.head_index(), chain.take(max).collect()))
+                .collect();
+            let ticket = batch
+                .iter()
+                .any(|(_, descs)| mutates(descs, mem))
+                .then(|| self.ack_order.begin());
+            let work = batch
+                .iter()
+                .map(|(head, descs)| async move { (*head, self.execute(descs, mem).await) });
             let done = futures::executor::block_on(join_all(work));
+            if let Some(ticket) = ticket {
+                self.ack_order.finish_and_wait(ticket);
+            }
             for (head, used_len) in done {
-                vring
-                    .add_used(head, used_len)
-                    .map_err(|e| io::Error::other(format!("used ring: {e}")))?;
+                self.complete(vring, inflight.as_ref(), head, used_len)?;
             }
             self.export.stats.in_flight.fetch_sub(n, Ordering::Relaxed);
             Stats::add(&self.export.stats.batches, 1);
-            let notify = vring
-                .needs_notification()
-                .map_err(|e| io::Error::other(format!("used ring: {e}")))?;
-            if notify {
-                Stats::add(&self.export.stats.notifications, 1);
-                vring.signal_used_queue()?;
-            }
+            self.notify(vring)?;
         }
     }
 
@@ -330,91 +633,64 @@ fn gather(len: u32, data: &[crate::request::Buffer], mem: &GuestMem) -> Result<V
     Ok(buf)
 }
 
-impl VhostUserBackend for BlkBackend {
-    type Bitmap = ();
-    type Vring = VringRwLock;
-
-    fn num_queues(&self) -> usize {
-        usize::from(self.export.num_queues)
-    }
-
-    fn max_queue_size(&self) -> usize {
-        MAX_QUEUE_SIZE
-    }
-
-    fn features(&self) -> u64 {
-        device_features(self.limits.read_only, self.export.num_queues > 1)
-    }
-
-    fn acked_features(&self, features: u64) {
-        self.acked_features.store(features, Ordering::Relaxed);
-    }
-
-    fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::CONFIG
-            | VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK
-    }
-
-    fn set_event_idx(&self, enabled: bool) {
-        self.event_idx.store(enabled, Ordering::Relaxed);
-    }
-
-    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let start = offset as usize;
-        let end = start.saturating_add(size as usize);
-        self.config
-            .get(start..end)
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default()
-    }
-
-    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMem>) -> io::Result<()> {
-        *self.mem.write() = Some(mem);
-        Ok(())
-    }
-
-    fn queues_per_thread(&self) -> Vec<u64> {
-        (0..self.export.num_queues).map(|i| 1u64 << i).collect()
-    }
-
-    fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        let (c, n) = self.exits.get(thread_index)?;
-        Some((c.try_clone().ok()?, n.try_clone().ok()?))
-    }
-
-    fn handle_event(
-        &self,
-        device_event: u16,
-        evset: EventSet,
-        vrings: &[VringRwLock],
-        _thread_id: usize,
-    ) -> io::Result<()> {
-        if evset != EventSet::IN {
-            return Err(io::Error::other(format!("unexpected event set {evset:?}")));
+/// The descriptors of the chain whose head is `head`, read from the ring's
+/// descriptor table in guest memory (used to resubmit chains a previous
+/// backend had taken: the ring's iterator only walks chains it pops). Follows
+/// one indirect table like the ring's iterator does; at most `max`
+/// descriptors are returned, and a chain that loops or leaves its table is
+/// refused.
+pub fn walk_chain(
+    mem: &GuestMem,
+    desc_table: GuestAddress,
+    queue_size: u16,
+    head: u16,
+    max: usize,
+) -> Result<Vec<Descriptor>, String> {
+    const DESC_BYTES: u64 = 16;
+    let mut table = desc_table;
+    let mut table_len = u32::from(queue_size);
+    let mut index = head;
+    let mut indirect = false;
+    // Each table is visited at most once per entry.
+    let mut budget = u32::from(queue_size);
+    let mut out = Vec::new();
+    loop {
+        if u32::from(index) >= table_len {
+            return Err(format!(
+                "descriptor index {index} outside a table of {table_len}"
+            ));
         }
-        let Some(vring) = vrings.get(usize::from(device_event)) else {
-            return Err(io::Error::other(format!("no queue {device_event}")));
-        };
-        if self.event_idx.load(Ordering::Relaxed) {
-            // Process, re-enable notifications, and go again if the driver
-            // added chains meanwhile (the classic EVENT_IDX race).
-            loop {
-                vring
-                    .disable_notification()
-                    .map_err(|e| io::Error::other(e.to_string()))?;
-                self.process_queue(vring)?;
-                let more = vring
-                    .enable_notification()
-                    .map_err(|e| io::Error::other(e.to_string()))?;
-                if !more {
-                    break;
-                }
+        if budget == 0 {
+            return Err("descriptor chain loops".into());
+        }
+        budget -= 1;
+        let addr = table
+            .checked_add(u64::from(index) * DESC_BYTES)
+            .ok_or("descriptor address overflows")?;
+        let d: Descriptor = mem.read_obj(addr).map_err(|e| e.to_string())?;
+        if d.flags() & VRING_DESC_F_INDIRECT as u16 != 0 {
+            if indirect || d.flags() & VRING_DESC_F_NEXT as u16 != 0 {
+                return Err("misplaced indirect descriptor".into());
             }
-        } else {
-            self.process_queue(vring)?;
+            if d.len() == 0 || u64::from(d.len()) % DESC_BYTES != 0 {
+                return Err(format!("indirect table of {} bytes", d.len()));
+            }
+            let len = u64::from(d.len()) / DESC_BYTES;
+            if len > u64::from(u16::MAX) + 1 {
+                return Err(format!("indirect table of {len} descriptors"));
+            }
+            indirect = true;
+            table = d.addr();
+            table_len = len as u32;
+            budget = table_len;
+            index = 0;
+            continue;
         }
-        Ok(())
+        out.push(d);
+        if out.len() >= max || d.flags() & VRING_DESC_F_NEXT as u16 == 0 {
+            return Ok(out);
+        }
+        index = d.next();
     }
 }
 
@@ -423,8 +699,7 @@ mod tests {
     use super::*;
     use crate::export::Target;
     use crate::request::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
-    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use vm_memory::GuestAddress;
+    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
 
     const NEXT: u16 = VRING_DESC_F_NEXT as u16;
     const W: u16 = VRING_DESC_F_WRITE as u16;
@@ -526,6 +801,209 @@ mod tests {
             );
         });
         assert!(backend.admit().is_none());
+    }
+
+    /// A chain of 3 descriptors at table index `at`: OUT of 4 KiB of
+    /// `fill` at sector `sector` (header, data, status in slot `k`).
+    fn write_chain(
+        mem: &GuestMem,
+        at: u16,
+        k: u64,
+        sector: u64,
+        fill: u8,
+    ) -> [virtio_queue::desc::RawDescriptor; 3] {
+        let hdr = 0x10_0000 + k * 0x100;
+        let data = 0x20_0000 + k * 0x1000;
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&VIRTIO_BLK_T_OUT.to_le_bytes());
+        h[8..16].copy_from_slice(&sector.to_le_bytes());
+        mem.write_slice(&h, GuestAddress(hdr)).unwrap();
+        mem.write_slice(&[fill; 4096], GuestAddress(data)).unwrap();
+        mem.write_obj(0xffu8, GuestAddress(0x30_0000 + k)).unwrap();
+        [
+            Descriptor::new(hdr, 16, NEXT, at + 1).into(),
+            Descriptor::new(data, 4096, NEXT, at + 2).into(),
+            Descriptor::new(0x30_0000 + k, 1, W, 0).into(),
+        ]
+    }
+
+    /// A backend killed with chains in flight, the used ring updated for
+    /// one of them but its inflight entry not cleared; the next backend
+    /// repairs that entry, resubmits the other two in fetch order, and
+    /// takes the ring on from there.
+    #[test]
+    fn restart_resubmits_in_flight_chains() {
+        use crate::inflight::InflightRegion;
+        use virtio_queue::mock::MockSplitQueue;
+        use virtio_queue::Queue;
+
+        let (_dir, backend, _) = setup();
+        let mem = GuestMem::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+        let vq = MockSplitQueue::new(&mem, 16);
+        // Heads 0, 3, 6 write sectors 0, 8, 16.
+        let mut descs = Vec::new();
+        for k in 0..3u16 {
+            descs.extend(write_chain(
+                &mem,
+                3 * k,
+                u64::from(k),
+                8 * u64::from(k),
+                0xa0 + k as u8,
+            ));
+        }
+        vq.add_desc_chains(&descs, 0).unwrap();
+        let (file, len) = InflightRegion::create(1, 16, 1, 256).unwrap();
+
+        // The first backend: takes all three (marks them), completes head 3
+        // into the used ring, dies before clearing its entry.
+        {
+            let region =
+                InflightRegion::map(file.try_clone().unwrap(), len, 0, 1, 16, 1, 256).unwrap();
+            let track = region.queue(0, 16).unwrap();
+            assert!(track.recover(0).unwrap().resubmit.is_empty());
+            let mut q: Queue = vq.create_queue().unwrap();
+            let heads: Vec<u16> = q.iter(&mem).unwrap().map(|c| c.head_index()).collect();
+            assert_eq!(heads, vec![0, 3, 6]);
+            for (i, h) in heads.iter().enumerate() {
+                track.mark(*h, i as u64 + 1).unwrap();
+            }
+            track.before_used(3).unwrap();
+            q.add_used(&mem, 3, 1).unwrap();
+        }
+
+        // The second backend, set up as a reconnect does it.
+        let atomic = GuestMemoryAtomic::new(mem.clone());
+        backend.update_memory(atomic.clone());
+        let vring = VringRwLock::new(atomic, 16).unwrap();
+        vring.set_queue_size(16);
+        vring
+            .set_queue_info(vq.desc_table_addr().0, vq.avail_addr().0, vq.used_addr().0)
+            .unwrap();
+        let used = vring.queue_used_idx().unwrap();
+        assert_eq!(used, 1);
+        vring.set_queue_next_used(used);
+        vring.set_queue_next_avail(used); // what QEMU sends after a crash
+        vring.set_queue_ready(true);
+        vring.set_enabled(true);
+        let region = InflightRegion::map(file.try_clone().unwrap(), len, 0, 1, 16, 1, 256).unwrap();
+        let track = region.queue(0, 16).unwrap();
+        let rec = track.recover(used).unwrap();
+        assert_eq!(rec.repaired_head, Some(3));
+        assert_eq!(rec.resubmit, vec![0, 6]);
+        assert_eq!(rec.next_avail, Some(3));
+        vring.set_queue_next_avail(rec.next_avail.unwrap());
+        backend.set_tracking(0, Some(track.clone()), rec.resubmit, rec.next_counter);
+        backend.serve(0, &vring).unwrap();
+
+        // Used ring: head 3 (old), then 0 and 6 in fetch order; nothing else.
+        assert_eq!(vq.used().idx().load(), 3);
+        let ids: Vec<u32> = (0..3)
+            .map(|i| vq.used().ring().ref_at(i).unwrap().load().id())
+            .collect();
+        assert_eq!(ids, vec![3, 0, 6]);
+        assert!(track.in_flight().unwrap().is_empty());
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(0x30_0000)).unwrap(),
+            VIRTIO_BLK_S_OK
+        );
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(0x30_0002)).unwrap(),
+            VIRTIO_BLK_S_OK
+        );
+        // Head 3 was not run again: its status byte is untouched.
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(0x30_0001)).unwrap(), 0xff);
+        let Target::Volume(vol) = &backend.export.target else {
+            panic!("a volume export");
+        };
+        let read = |sector: u64| futures::executor::block_on(vol.read(sector * 512, 4096)).unwrap();
+        assert_eq!(read(0), vec![0xa0; 4096]);
+        assert_eq!(read(8), vec![0; 4096]);
+        assert_eq!(read(16), vec![0xa2; 4096]);
+        assert_eq!(backend.export.stats.snapshot().writes, 2);
+    }
+
+    #[test]
+    fn walk_chain_direct_indirect_and_hostile() {
+        let mem = GuestMem::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let table = GuestAddress(0x1000);
+        let put = |base: u64, i: u64, d: Descriptor| {
+            mem.write_obj(d, GuestAddress(base + 16 * i)).unwrap();
+        };
+        // Direct: 2 -> 5 -> 1.
+        put(0x1000, 2, Descriptor::new(0x8000, 16, NEXT, 5));
+        put(0x1000, 5, Descriptor::new(0x9000, 512, NEXT | W, 1));
+        put(0x1000, 1, Descriptor::new(0xa000, 1, W, 0));
+        let got = walk_chain(&mem, table, 8, 2, 16).unwrap();
+        assert_eq!(
+            got.iter().map(|d| d.addr().0).collect::<Vec<_>>(),
+            vec![0x8000, 0x9000, 0xa000]
+        );
+        // At most `max` descriptors come back.
+        assert_eq!(walk_chain(&mem, table, 8, 2, 2).unwrap().len(), 2);
+        // Indirect: head 0 points at a 2-entry table at 0x4000.
+        let ind = VRING_DESC_F_INDIRECT as u16;
+        put(0x1000, 0, Descriptor::new(0x4000, 32, ind, 0));
+        put(0x4000, 0, Descriptor::new(0x8000, 16, NEXT, 1));
+        put(0x4000, 1, Descriptor::new(0xa000, 1, W, 0));
+        let got = walk_chain(&mem, table, 8, 0, 16).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[1].addr().0, 0xa000);
+        // A loop (3 -> 4 -> 3), a head outside the ring, a next outside it,
+        // a nested indirect, a table outside guest memory: refused.
+        put(0x1000, 3, Descriptor::new(0x8000, 16, NEXT, 4));
+        put(0x1000, 4, Descriptor::new(0x8000, 16, NEXT, 3));
+        assert!(walk_chain(&mem, table, 8, 3, 1000).is_err());
+        assert!(walk_chain(&mem, table, 8, 8, 16).is_err());
+        put(0x1000, 6, Descriptor::new(0x8000, 16, NEXT, 200));
+        assert!(walk_chain(&mem, table, 8, 6, 16).is_err());
+        put(0x4000, 1, Descriptor::new(0x4000, 32, ind, 0));
+        assert!(walk_chain(&mem, table, 8, 0, 16).is_err());
+        assert!(walk_chain(&mem, GuestAddress(1 << 40), 8, 0, 16).is_err());
+        put(0x1000, 7, Descriptor::new(0x4000, 17, ind, 0));
+        assert!(walk_chain(&mem, table, 8, 7, 16).is_err());
+    }
+
+    /// A mutating batch waits for those that started before it finished,
+    /// not for those that started after.
+    #[test]
+    fn ack_order_waits_for_earlier_batches_only() {
+        let order = Arc::new(AckOrder::default());
+        let a = order.begin();
+        let b = order.begin();
+        let released = Arc::new(AtomicBool::new(false));
+        let waiter = {
+            let (order, released) = (order.clone(), released.clone());
+            std::thread::spawn(move || {
+                order.finish_and_wait(b);
+                released.store(true, Ordering::SeqCst);
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            !released.load(Ordering::SeqCst),
+            "b published before a finished"
+        );
+        // c starts after b finished: b must not wait for it. a finished
+        // after c started, so a waits for c.
+        let c = order.begin();
+        let a_done = Arc::new(AtomicBool::new(false));
+        let finisher = {
+            let (order, a_done) = (order.clone(), a_done.clone());
+            std::thread::spawn(move || {
+                order.finish_and_wait(a);
+                a_done.store(true, Ordering::SeqCst);
+            })
+        };
+        waiter.join().unwrap();
+        assert!(released.load(Ordering::SeqCst));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            !a_done.load(Ordering::SeqCst),
+            "a published before c finished"
+        );
+        order.finish_and_wait(c);
+        finisher.join().unwrap();
+        assert!(a_done.load(Ordering::SeqCst));
     }
 
     #[test]

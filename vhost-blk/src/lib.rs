@@ -5,12 +5,16 @@
 //! Data flows: guest ring -> [`device`] (pop chains, batch) -> [`request`]
 //! (parse untrusted descriptors into a typed request) -> [`export::Target`]
 //! (`cowstore::Volume` or read-only `cowstore::Snapshot`) -> used ring.
-//! [`server`] runs one vhost-user socket per export; [`control`] is the
-//! daemon's control socket (attach, detach, stats, the snapshot barrier).
+//! [`server`] runs one vhost-user socket per export, [`connection`] speaks
+//! the vhost-user protocol on it, [`inflight`] tracks taken-but-unfinished
+//! chains so a restarted daemon resubmits them; [`control`] is the daemon's
+//! control socket (attach, detach, stats, the snapshot barrier).
 
+pub mod connection;
 pub mod control;
 pub mod device;
 pub mod export;
+pub mod inflight;
 pub mod request;
 pub mod server;
 

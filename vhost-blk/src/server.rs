@@ -2,7 +2,9 @@
 //! serves it until it disconnects, and listens again (so a frontend that
 //! reconnects, e.g. QEMU with `reconnect=1`, finds the socket waiting).
 
+use std::net::Shutdown;
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,11 +13,10 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tracing::{error, info, warn};
-use vhost::vhost_user::Listener;
-use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
-use vm_memory::GuestMemoryAtomic;
+use vhost::vhost_user::{BackendReqHandler, Error as VhostUserError, Listener};
 
-use crate::device::{BlkBackend, GuestMem};
+use crate::connection::Connection;
+use crate::device::BlkBackend;
 use crate::export::{Export, Stats};
 
 /// Why an export could not be served.
@@ -40,7 +41,7 @@ pub struct Served {
     pub export: Arc<Export>,
     pub socket: PathBuf,
     stop: Arc<AtomicBool>,
-    connection: Arc<Mutex<Option<ShutdownHandle>>>,
+    connection: Arc<Mutex<Option<UnixStream>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -88,8 +89,8 @@ impl Served {
 
     fn shutdown(&mut self) {
         self.stop.store(true, Ordering::Release);
-        if let Some(h) = self.connection.lock().as_ref() {
-            h.shutdown();
+        if let Some(s) = self.connection.lock().as_ref() {
+            let _ = s.shutdown(Shutdown::Both);
         }
         // A worker blocked in a pause must be let go for the thread to end.
         self.export.gate.open();
@@ -126,52 +127,67 @@ fn readable(listener: &Listener, timeout: Duration) -> bool {
 
 fn accept_loop(
     export: Arc<Export>,
-    mut listener: Listener,
+    listener: Listener,
     path: &Path,
     stop: &AtomicBool,
-    connection: &Mutex<Option<ShutdownHandle>>,
+    connection: &Mutex<Option<UnixStream>>,
 ) {
     let name = export.target.name().to_string();
     while !stop.load(Ordering::Acquire) {
         if !readable(&listener, Duration::from_millis(200)) {
             continue;
         }
-        let backend = match BlkBackend::new(export.clone()) {
-            Ok(b) => Arc::new(b),
+        let stream = match listener.accept() {
+            Ok(Some(s)) => s,
+            Ok(None) => continue,
             Err(e) => {
-                error!(export = %name, error = %e, "cannot create the backend");
+                warn!(export = %name, error = %e, "accept failed");
+                // e.g. out of file descriptors: do not spin.
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+        };
+        let started = BlkBackend::new(export.clone())
+            .map(Arc::new)
+            .and_then(Connection::new)
+            .and_then(|conn| Ok((conn, stream.try_clone()?)));
+        let (conn, control) = match started {
+            Ok(v) => v,
+            Err(e) => {
+                error!(export = %name, error = %e, "cannot set up the connection");
                 std::thread::sleep(Duration::from_secs(1));
                 continue;
             }
         };
-        let mem = GuestMemoryAtomic::new(GuestMem::new());
-        let mut daemon = match VhostUserDaemon::new(format!("vu-{name}"), backend.clone(), mem) {
-            Ok(d) => d,
-            Err(e) => {
-                error!(export = %name, error = %e, "cannot create the vhost-user daemon");
-                std::thread::sleep(Duration::from_secs(1));
-                continue;
-            }
-        };
-        if let Err(e) = daemon.start(&mut listener) {
-            warn!(export = %name, error = %e, "accept failed");
-            backend.stop_workers();
-            continue;
-        }
+        let conn = Arc::new(std::sync::Mutex::new(conn));
+        let mut handler = BackendReqHandler::from_stream(stream, conn.clone());
         Stats::add(&export.stats.connections, 1);
         info!(export = %name, socket = %path.display(), "frontend connected");
-        *connection.lock() = daemon.shutdown_handle();
+        *connection.lock() = Some(control);
         if stop.load(Ordering::Acquire) {
-            daemon.request_shutdown();
+            if let Some(s) = connection.lock().as_ref() {
+                let _ = s.shutdown(Shutdown::Both);
+            }
         }
-        match daemon.wait() {
-            Ok(())
-            | Err(vhost_user_backend::Error::HandleRequest(
-                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
-            )) => info!(export = %name, "frontend disconnected"),
-            Err(e) => warn!(export = %name, error = %e, "connection ended with an error"),
+        loop {
+            match handler.handle_request() {
+                Ok(()) => {}
+                Err(
+                    VhostUserError::Disconnected
+                    | VhostUserError::PartialMessage
+                    | VhostUserError::SocketBroken(_),
+                ) => {
+                    info!(export = %name, "frontend disconnected");
+                    break;
+                }
+                Err(e) => {
+                    warn!(export = %name, error = %e, "connection ended with an error");
+                    break;
+                }
+            }
         }
         *connection.lock() = None;
-        backend.stop_workers();
+        let mut c = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        c.stop();
     }
 }
