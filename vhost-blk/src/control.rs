@@ -64,6 +64,10 @@ pub enum Command {
     Snapshot { volume: String, name: String },
     /// The snapshot barrier, last step: let I/O flow again.
     Resume { barrier: u64 },
+    /// Takes several snapshots at once, in parallel (each volume has its own
+    /// log and flush), all or none: when one fails, those made are deleted.
+    /// The group snapshot manager's commit step.
+    SnapshotMany { snapshots: Vec<SnapshotItem> },
     /// Deletes snapshot `name` (a group snapshot manager undoing a member).
     DeleteSnapshot { name: String },
     /// Makes volume `name` from `snapshot`, sharing its data.
@@ -78,6 +82,17 @@ pub enum Command {
         summary: bool,
     },
 }
+
+/// One snapshot of a [`Command::SnapshotMany`].
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotItem {
+    pub volume: String,
+    pub name: String,
+}
+
+/// Most snapshots one `snapshot_many` takes (one thread each).
+pub const MAX_SNAPSHOTS_PER_REQUEST: usize = 64;
 
 struct Barrier {
     id: u64,
@@ -331,6 +346,49 @@ impl Daemon {
         Ok(json!({"barrier": id, "paused_us": paused_us}))
     }
 
+    fn snapshot_many(&self, items: &[SnapshotItem]) -> Result<Value, ControlError> {
+        if items.len() > MAX_SNAPSHOTS_PER_REQUEST {
+            return Err(ControlError::BadRequest(format!(
+                "{} snapshots in one request (at most {MAX_SNAPSHOTS_PER_REQUEST})",
+                items.len()
+            )));
+        }
+        let results: Vec<cowstore::Result<cowstore::SnapshotInfo>> = std::thread::scope(|s| {
+            let handles: Vec<_> = items
+                .iter()
+                .map(|it| s.spawn(|| self.store.create_snapshot(&it.volume, &it.name)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(cowstore::Error::Config("snapshot thread panicked".into()))
+                    })
+                })
+                .collect()
+        });
+        if let Some(pos) = results.iter().position(Result::is_err) {
+            for (it, r) in items.iter().zip(&results) {
+                if r.is_ok() {
+                    if let Err(e) = self.store.delete_snapshot(&it.name) {
+                        warn!(snapshot = %it.name, error = %e, "undoing a snapshot failed");
+                    }
+                }
+            }
+            let mut results = results;
+            return Err(results.swap_remove(pos).err().map_or_else(
+                || ControlError::BadRequest("snapshot failed".into()),
+                ControlError::Engine,
+            ));
+        }
+        let made: Vec<Value> = results
+            .into_iter()
+            .flatten()
+            .map(|info| json!({"name": info.name, "size_bytes": info.size_bytes}))
+            .collect();
+        Ok(json!({ "snapshots": made }))
+    }
+
     /// Executes one request.
     pub fn handle(self: &Arc<Self>, cmd: Command) -> Result<Value, ControlError> {
         match cmd {
@@ -358,6 +416,7 @@ impl Daemon {
                 Ok(json!({"volume": volume, "name": info.name, "size_bytes": info.size_bytes}))
             }
             Command::Resume { barrier } => self.resume(barrier),
+            Command::SnapshotMany { snapshots } => self.snapshot_many(&snapshots),
             Command::DeleteSnapshot { name } => {
                 self.store.delete_snapshot(&name)?;
                 Ok(json!({"name": name}))
