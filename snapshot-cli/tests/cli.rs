@@ -685,3 +685,56 @@ fn a_schedule_takes_group_snapshots_and_prunes_by_retention() {
     let out = env.run(&["schedule", "--config", config.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+#[test]
+fn a_store_made_with_an_object_store_keeps_using_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let bucket = dir.path().join("bucket");
+    std::fs::create_dir_all(&bucket).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(cowsnap_bin())
+            .arg("--store")
+            .arg(&store)
+            .args(args)
+            .env("COWSNAP_CONFIG", dir.path().join("none.toml"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "cowsnap {args:?}: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let url = format!("file://{}", bucket.display());
+    run(&["init", "--object-store", &url, "--durability", "remote"]);
+    assert!(std::fs::read_to_string(store.join("cowsnap.toml"))
+        .unwrap()
+        .contains(&url));
+    let data = dir.path().join("d.bin");
+    std::fs::write(&data, pattern(8, 3 << 20)).unwrap();
+    run(&["volume", "create", "v", "--size", "8M"]);
+    run(&["volume", "write", "v", "--from", data.to_str().unwrap()]);
+    run(&["snapshot", "create", "v", "--name", "v@1"]);
+    // Later commands open the store with its tier: the snapshot is in the
+    // bucket (durability remote: published before the command returned).
+    let objects = walk(&bucket);
+    assert!(
+        objects
+            .iter()
+            .any(|p| p.to_string_lossy().contains("v@1") || p.to_string_lossy().contains("v_a1")),
+        "no manifest of v@1 in the bucket: {objects:?}"
+    );
+    assert!(run(&["verify"]).contains("0 bad ranges"));
+    run(&["hydrate", "v"]);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
