@@ -1,2 +1,15 @@
-//! cowvisor: a binary-translation hypervisor that boots Linux guests on disks
-//! served by cowstored over vhost-user-blk. Not built yet: see the hypervisor issue.
+//! cowvisor: an RV64GC machine that runs Linux guests without hardware
+//! virtualization. Today: decoder ([`decode`]), the reference interpreter
+//! ([`cpu`], with a decoded-block cache as its fast engine) with soft-float
+//! F/D ([`fpu`]), a user-mode ELF harness
+//! ([`user`], what the conformance suite runs) and a QEMU-virt-compatible
+//! machine ([`machine`]). See docs/cowvisor.md.
+
+pub mod bus;
+pub mod cpu;
+pub mod decode;
+pub mod devices;
+pub mod elf;
+pub mod fpu;
+pub mod machine;
+pub mod user;

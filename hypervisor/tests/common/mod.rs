@@ -1,0 +1,102 @@
+//! Shared helpers of the hypervisor's integration tests: tool discovery
+//! (installing through scripts/riscv-guest when absent) and cross builds.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+/// Serializes runs of scripts/riscv-guest inside one test binary (the
+/// script also takes a file lock, for separate processes).
+static SCRIPT: Mutex<()> = Mutex::new(());
+
+/// Runs scripts/riscv-guest with `args`; its stdout on success.
+pub fn riscv_guest_script(args: &[&str]) -> Result<String, String> {
+    let _guard = SCRIPT.lock().unwrap_or_else(|e| e.into_inner());
+    let script = repo_root().join("scripts/riscv-guest");
+    let out = Command::new(&script)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{}: {e}", script.display()))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    } else {
+        Err(format!(
+            "{} {args:?} failed ({}): {}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Makes sure the cross compiler and QEMU are there, installing them via
+/// `scripts/riscv-guest --tools-only` when not; fails the test otherwise.
+pub fn ensure_tools() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let tools = [
+            "riscv64-linux-gnu-gcc",
+            "qemu-riscv64",
+            "qemu-system-riscv64",
+        ];
+        if tools.iter().all(|t| have(t)) {
+            return;
+        }
+        if let Err(e) = riscv_guest_script(&["--tools-only"]) {
+            panic!("the ISA suite needs {tools:?}: {e}");
+        }
+        for t in tools {
+            assert!(
+                have(t),
+                "{t} still missing after scripts/riscv-guest --tools-only"
+            );
+        }
+    });
+}
+
+/// Assembles `tests/isa/<name>.S` into a static ELF in `dir`.
+pub fn build_isa(name: &str, dir: &Path, extra: &[&str]) -> PathBuf {
+    ensure_tools();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/isa")
+        .join(format!("{name}.S"));
+    let out = dir.join(name);
+    let o = Command::new("riscv64-linux-gnu-gcc")
+        .args([
+            "-march=rv64gc",
+            "-mabi=lp64d",
+            "-static",
+            "-nostdlib",
+            "-no-pie",
+        ])
+        .args(extra)
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .output()
+        .expect("run riscv64-linux-gnu-gcc");
+    assert!(
+        o.status.success(),
+        "assembling {}: {}",
+        src.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
