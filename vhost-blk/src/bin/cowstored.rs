@@ -118,6 +118,18 @@ fn main() -> Result<()> {
     } else {
         builder.init();
     }
+    // A panicking worker must leave its message and place in the log (the
+    // structured one operators read), not only on a stderr nobody kept.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        tracing::error!(
+            thread = thread.name().unwrap_or("?"),
+            panic = %info,
+            "panic"
+        );
+        default_hook(info);
+    }));
     let signals = block_signals()?;
 
     let store = cowstore::Store::open_or_create(&args.store, cowstore::StoreConfig::default())
