@@ -1,0 +1,368 @@
+//! Host-side vhost-user-blk benchmark client (libblkio, driver
+//! `virtio-blk-vhost-user`): fio-like jobs against several vhost-user-blk
+//! sockets in one run, e.g. cowstored beside qemu-storage-daemon.
+//!
+//!   blk-client --target NAME=SOCKET [--target NAME=SOCKET]...
+//!              [--fill NAME]... [--jobs all|JOB,...] [--rounds N]
+//!              [--ramp-ms MS] [--runtime-ms MS] [--region-bytes N]
+//!              [--ratio LABEL=OURS/PEER]... [--json FILE] [--quiet]
+//!              [--drop-cache DIR]...
+//!
+//! Each job runs `--rounds` times on every target, the targets taking turns
+//! (their order rotates every round, so none always runs first after the
+//! previous job), all jobs over the first `--region-bytes` of each device
+//! with the same offsets on every target. `--fill` first writes the whole
+//! region of that target (so reads read data). Prints fio-like text per run,
+//! then a markdown table of medians and the `--ratio` columns; `--json`
+//! writes every run as a fio-style JSON document. `--drop-cache DIR` drops
+//! the host page cache of every file under DIR before each read run
+//! (posix_fadvise DONTNEED), so that a backend doing buffered I/O (cowstored)
+//! reads from the disk as one with `cache.direct=on` does, instead of
+//! from pages the fill left cached. scripts/bench-blk runs it.
+
+// Shared with blk-guest; each binary uses part of it.
+#[path = "../blk/mod.rs"]
+#[allow(dead_code)]
+mod blk;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use blk::client::Target;
+use blk::jobs::{parse_jobs, Job};
+use blk::report::{fio_document, table, Ratio, Sample};
+
+struct Args {
+    targets: Vec<(String, PathBuf)>,
+    fill: Vec<String>,
+    jobs: Vec<Job>,
+    rounds: u32,
+    ramp: Duration,
+    runtime: Duration,
+    region_bytes: u64,
+    ratios: Vec<Ratio>,
+    json: Option<PathBuf>,
+    quiet: bool,
+    drop_cache: Vec<PathBuf>,
+}
+
+const USAGE: &str =
+    "usage: blk-client --target NAME=SOCKET... [--fill NAME]... [--jobs all|JOB,...] \
+    [--rounds N] [--ramp-ms MS] [--runtime-ms MS] [--region-bytes N] [--ratio LABEL=OURS/PEER]... \
+    [--json FILE] [--quiet] [--drop-cache DIR]...";
+
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args> {
+    let mut a = Args {
+        targets: Vec::new(),
+        fill: Vec::new(),
+        jobs: parse_jobs("all")?,
+        rounds: 3,
+        ramp: Duration::from_millis(1000),
+        runtime: Duration::from_millis(3000),
+        region_bytes: 1 << 30,
+        ratios: Vec::new(),
+        json: None,
+        quiet: false,
+        drop_cache: Vec::new(),
+    };
+    let mut it = args.into_iter();
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--target" => {
+                let v = value()?;
+                let (n, s) = v
+                    .split_once('=')
+                    .with_context(|| format!("--target {v:?}: want NAME=SOCKET"))?;
+                a.targets.push((n.to_string(), PathBuf::from(s)));
+            }
+            "--fill" => a.fill.push(value()?),
+            "--jobs" => a.jobs = parse_jobs(&value()?)?,
+            "--rounds" => a.rounds = value()?.parse().context("--rounds")?,
+            "--ramp-ms" => a.ramp = Duration::from_millis(value()?.parse().context("--ramp-ms")?),
+            "--runtime-ms" => {
+                a.runtime = Duration::from_millis(value()?.parse().context("--runtime-ms")?)
+            }
+            "--region-bytes" => a.region_bytes = value()?.parse().context("--region-bytes")?,
+            "--ratio" => a.ratios.push(value()?.parse()?),
+            "--json" => a.json = Some(PathBuf::from(value()?)),
+            "--quiet" => a.quiet = true,
+            "--drop-cache" => a.drop_cache.push(PathBuf::from(value()?)),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    if a.targets.is_empty() {
+        bail!("no --target\n{USAGE}");
+    }
+    if a.rounds == 0 || a.runtime.is_zero() {
+        bail!("--rounds and --runtime-ms must be above 0");
+    }
+    for f in &a.fill {
+        if !a.targets.iter().any(|(n, _)| n == f) {
+            bail!("--fill {f}: no such --target");
+        }
+    }
+    Ok(a)
+}
+
+/// Runs everything; returns the samples, in run order, and the runs that
+/// failed.
+fn bench(a: &Args) -> Result<(Vec<Sample>, Vec<String>)> {
+    let mut targets = Vec::new();
+    for (name, sock) in &a.targets {
+        let t = Target::connect(name, sock)?;
+        eprintln!(
+            "blk-client: {name}: {} connected, capacity {} bytes",
+            sock.display(),
+            t.capacity_bytes
+        );
+        if t.capacity_bytes < a.region_bytes {
+            bail!(
+                "{name}: capacity {} is below --region-bytes {}",
+                t.capacity_bytes,
+                a.region_bytes
+            );
+        }
+        targets.push(t);
+    }
+    for t in targets.iter_mut().filter(|t| a.fill.contains(&t.name)) {
+        let start = std::time::Instant::now();
+        t.fill(a.region_bytes)?;
+        eprintln!(
+            "blk-client: {}: filled {} bytes in {:.1} s",
+            t.name,
+            a.region_bytes,
+            start.elapsed().as_secs_f64()
+        );
+    }
+    let mut samples = Vec::new();
+    let mut failures = Vec::new();
+    for (j, job) in a.jobs.iter().enumerate() {
+        for round in 1..=a.rounds {
+            let n = targets.len();
+            for k in 0..n {
+                let i = (k + round as usize) % n;
+                if !job.rw.is_write() {
+                    for d in &a.drop_cache {
+                        cowstore_benches::drop_cache_under(d).with_context(|| {
+                            format!("dropping the page cache under {}", d.display())
+                        })?;
+                    }
+                }
+                // The same offsets on every target for this job and round.
+                let seed = 0x9e37_79b9 ^ ((j as u64) << 32) ^ u64::from(round);
+                let t = &mut targets[i];
+                let r = match t.run(job, a.region_bytes, a.ramp, a.runtime, seed) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // A failed run (an I/O error, a backend that stopped
+                        // answering) is reported, not averaged: the target
+                        // gets a new connection and the bench goes on.
+                        let what = format!("{} on {} round {round}: {e:#}", job.name(), t.name);
+                        eprintln!("blk-client: FAILED {what}");
+                        failures.push(what);
+                        // Disconnect first: a backend serves one frontend
+                        // at a time.
+                        drop(targets.remove(i));
+                        let (name, sock) = &a.targets[i];
+                        let fresh = Target::connect(name, sock)
+                            .with_context(|| format!("{name}: reconnecting after a failed run"))?;
+                        targets.insert(i, fresh);
+                        continue;
+                    }
+                };
+                let t = &targets[i];
+                let s = Sample::from_run("host", &t.name, job, round, &r);
+                if !a.quiet {
+                    println!("{}", s.text(job.rw.is_write()));
+                }
+                samples.push(s);
+            }
+        }
+    }
+    Ok((samples, failures))
+}
+
+fn main() -> Result<()> {
+    let a = parse_args(std::env::args().skip(1))?;
+    let (samples, failures) = bench(&a)?;
+    if let Some(path) = &a.json {
+        let jobs = samples
+            .iter()
+            .map(|s| {
+                let job = a
+                    .jobs
+                    .iter()
+                    .find(|j| j.name() == s.job)
+                    .expect("samples come from a.jobs");
+                s.fio_json(job, a.region_bytes)
+            })
+            .collect();
+        let doc = fio_document("cowstore-blk-client", jobs);
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let names: Vec<String> = a.targets.iter().map(|(n, _)| n.clone()).collect();
+    println!(
+        "\n{}",
+        table(
+            &samples,
+            &names,
+            &a.jobs,
+            &a.ratios,
+            "submission to completion of each request"
+        )
+    );
+    if !failures.is_empty() {
+        println!("FAILED runs (not in the medians):\n");
+        for f in &failures {
+            println!("- {f}");
+        }
+        // Every figure was printed; the exit status still says it was not clean.
+        std::process::exit(3);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! Smoke test against a real cowstored (built here, debug, as the QEMU
+    //! suites build it): connect over vhost-user with libblkio, write a
+    //! pattern, flush, read it back, then run two short jobs.
+
+    use super::*;
+    use std::process::{Child, Command, Stdio};
+    use std::time::Instant;
+
+    const VOLUME_BYTES: u64 = 64 << 20;
+
+    fn workspace() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("benches/ has a parent")
+            .to_path_buf()
+    }
+
+    /// `$COWSTORED` when set (a prebuilt daemon), else built from the tree.
+    fn cowstored() -> Result<PathBuf> {
+        if let Some(p) = std::env::var_os("COWSTORED") {
+            return Ok(PathBuf::from(p));
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .current_dir(workspace())
+            .args(["build", "--quiet", "-p", "vhost-blk", "--bin", "cowstored"])
+            .status()
+            .context("building cowstored")?;
+        if !st.success() {
+            bail!("cargo build of cowstored failed");
+        }
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace().join("target"));
+        Ok(target.join("debug/cowstored"))
+    }
+
+    /// Kills the daemon when the test ends, whatever the outcome.
+    struct Daemon(Child);
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn smoke_against_cowstored() -> Result<()> {
+        let bin = cowstored()?;
+        let dir = tempfile::tempdir()?;
+        let sock = dir.path().join("v.sock");
+        let log = dir.path().join("cowstored.log");
+        let mut d = Daemon(
+            Command::new(&bin)
+                .arg("--store")
+                .arg(dir.path().join("store"))
+                .arg("--control")
+                .arg(dir.path().join("control.sock"))
+                .arg("--create")
+                .arg(format!("v={VOLUME_BYTES}"))
+                .arg("--attach")
+                .arg(format!("v={}", sock.display()))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log)?)
+                .spawn()
+                .context("starting cowstored")?,
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sock.exists() {
+            if let Some(st) = d.0.try_wait()? {
+                bail!(
+                    "cowstored exited ({st}): {}",
+                    std::fs::read_to_string(&log)?
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("no socket: {}", std::fs::read_to_string(&log)?);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+
+        let mut t = Target::connect("cowstored", &sock)?;
+        assert_eq!(t.capacity_bytes, VOLUME_BYTES);
+        let pattern: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 7 + 3) as u8).collect();
+        t.write_at(1 << 20, &pattern)?;
+        t.flush()?;
+        assert_eq!(t.read_at(1 << 20, pattern.len())?, pattern);
+        // A read past the end is refused by the device, not answered.
+        assert!(t.read_at(VOLUME_BYTES, 4096).is_err());
+
+        let a = parse_args(
+            [
+                "--target",
+                &format!("cowstored={}", sock.display()),
+                "--jobs",
+                "randwrite-4k-qd32,randread-4k-qd1",
+            ]
+            .map(String::from),
+        )?;
+        for job in &a.jobs {
+            let r = t.run(
+                job,
+                VOLUME_BYTES,
+                Duration::from_millis(100),
+                Duration::from_millis(400),
+                1,
+            )?;
+            assert!(r.ops > 10, "{}: only {} requests", job.name(), r.ops);
+            assert_eq!(r.lat_ns.len() as u64, r.ops);
+            assert!(r.percentile_ns(50.0) <= r.percentile_ns(99.0));
+            assert!(r.iops() > 0.0);
+        }
+        // The data written before the jobs is still there where no job wrote
+        // (the random writes stamp their offset in each block's first 8 bytes).
+        let back = t.read_at(1 << 20, 4096)?;
+        let stamp = u64::from_le_bytes(back[..8].try_into()?);
+        assert!(back == pattern[..4096] || stamp == 1 << 20);
+        drop(t);
+        // The daemon serves a new frontend after the first one left.
+        let mut again = Target::connect("cowstored", &sock)?;
+        again.flush()?;
+        Ok(())
+    }
+
+    #[test]
+    fn args_are_checked() {
+        assert!(parse_args(Vec::<String>::new()).is_err());
+        assert!(parse_args(["--target", "x"].map(String::from)).is_err());
+        assert!(parse_args(["--target", "a=/s", "--fill", "b"].map(String::from)).is_err());
+        assert!(parse_args(["--target", "a=/s", "--rounds", "0"].map(String::from)).is_err());
+        let a = parse_args(["--target", "a=/s", "--ratio", "our/a=a/a"].map(String::from)).unwrap();
+        assert_eq!(a.jobs.len(), 6);
+        assert_eq!(a.ratios[0].label, "our/a");
+    }
+}

@@ -1,0 +1,361 @@
+//! Output: fio-style JSON and text for each run, fio's own JSON read back
+//! (the in-guest runs), and the table of medians and ratios.
+
+use std::fmt::Write as _;
+
+use anyhow::{anyhow, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::client::RunResult;
+use super::jobs::Job;
+
+/// One run of one job on one target, in the units the table prints.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Sample {
+    /// "host" (blk-client over libblkio) or "guest" (fio in a QEMU guest).
+    pub side: String,
+    pub target: String,
+    pub job: String,
+    pub round: u32,
+    pub iops: f64,
+    pub bw_bytes: f64,
+    pub lat_mean_ns: f64,
+    pub lat_p50_ns: f64,
+    pub lat_p99_ns: f64,
+    pub ops: u64,
+    pub runtime_ms: u64,
+}
+
+impl Sample {
+    pub fn from_run(side: &str, target: &str, job: &Job, round: u32, r: &RunResult) -> Sample {
+        Sample {
+            side: side.into(),
+            target: target.into(),
+            job: job.name(),
+            round,
+            iops: r.iops(),
+            bw_bytes: r.bw_bytes_per_s(),
+            lat_mean_ns: r.mean_ns(),
+            lat_p50_ns: r.percentile_ns(50.0) as f64,
+            lat_p99_ns: r.percentile_ns(99.0) as f64,
+            ops: r.ops,
+            runtime_ms: r.elapsed_ns / 1_000_000,
+        }
+    }
+
+    /// From one job of fio's `--output-format=json` (fio 3.x field names).
+    /// Latency percentiles are fio's completion latency (`clat_ns`), which
+    /// for libaio is submission to completion like ours.
+    pub fn from_fio_job(side: &str, target: &str, round: u32, fio_job: &Value) -> Result<Sample> {
+        let name = fio_job["jobname"]
+            .as_str()
+            .ok_or_else(|| anyhow!("fio job without jobname"))?;
+        let dir = if fio_job["write"]["io_bytes"].as_u64().unwrap_or(0) > 0 {
+            &fio_job["write"]
+        } else {
+            &fio_job["read"]
+        };
+        let num = |v: &Value, what: &str| -> Result<f64> {
+            v.as_f64()
+                .ok_or_else(|| anyhow!("fio job {name}: no number at {what}"))
+        };
+        let pct = &dir["clat_ns"]["percentile"];
+        Ok(Sample {
+            side: side.into(),
+            target: target.into(),
+            job: name.to_string(),
+            round,
+            iops: num(&dir["iops"], "iops")?,
+            bw_bytes: num(&dir["bw_bytes"], "bw_bytes")?,
+            lat_mean_ns: num(&dir["lat_ns"]["mean"], "lat_ns.mean")?,
+            lat_p50_ns: num(&pct["50.000000"], "clat_ns.percentile.50")?,
+            lat_p99_ns: num(&pct["99.000000"], "clat_ns.percentile.99")?,
+            ops: dir["total_ios"].as_u64().unwrap_or(0),
+            runtime_ms: dir["runtime"].as_u64().unwrap_or(0),
+        })
+    }
+
+    /// This run as one job of a fio-style JSON document (the fields fio
+    /// tools read: jobname, read/write with iops, bw, bw_bytes, runtime,
+    /// total_ios, lat_ns/clat_ns with percentiles), plus target and round.
+    pub fn fio_json(&self, job: &Job, region_bytes: u64) -> Value {
+        let active = json!({
+            "io_bytes": (self.bw_bytes * self.runtime_ms as f64 / 1000.0) as u64,
+            "bw_bytes": self.bw_bytes as u64,
+            "bw": (self.bw_bytes / 1024.0) as u64,
+            "iops": self.iops,
+            "runtime": self.runtime_ms,
+            "total_ios": self.ops,
+            "lat_ns": {
+                "mean": self.lat_mean_ns,
+                "N": self.ops,
+                "percentile": {"50.000000": self.lat_p50_ns, "99.000000": self.lat_p99_ns},
+            },
+            "clat_ns": {
+                "mean": self.lat_mean_ns,
+                "N": self.ops,
+                "percentile": {"50.000000": self.lat_p50_ns, "99.000000": self.lat_p99_ns},
+            },
+        });
+        let idle = json!({"io_bytes": 0, "bw_bytes": 0, "bw": 0, "iops": 0.0, "runtime": 0, "total_ios": 0});
+        let (read, write) = if job.rw.is_write() {
+            (idle, active)
+        } else {
+            (active, idle)
+        };
+        json!({
+            "jobname": self.job,
+            "groupid": 0,
+            "error": 0,
+            "target": self.target,
+            "side": self.side,
+            "round": self.round,
+            "job options": {
+                "rw": job.rw.fio_name(),
+                "bs": job.bs_bytes.to_string(),
+                "iodepth": job.iodepth.to_string(),
+                "size": region_bytes.to_string(),
+            },
+            "read": read,
+            "write": write,
+        })
+    }
+
+    /// Two lines like fio's normal output.
+    pub fn text(&self, write: bool) -> String {
+        format!(
+            "{}: (target={}, round={})\n  {}: IOPS={}, BW={:.1}MiB/s ({} ios/{}msec)\n    lat (usec): avg={:.1}, p50={:.1}, p99={:.1}",
+            self.job,
+            self.target,
+            self.round,
+            if write { "write" } else { "read" },
+            kilo(self.iops),
+            self.bw_bytes / MIB,
+            self.ops,
+            self.runtime_ms,
+            self.lat_mean_ns / 1e3,
+            self.lat_p50_ns / 1e3,
+            self.lat_p99_ns / 1e3,
+        )
+    }
+}
+
+const MIB: f64 = (1u64 << 20) as f64;
+
+fn kilo(x: f64) -> String {
+    if x >= 10_000.0 {
+        format!("{:.1}k", x / 1000.0)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+/// The fio-style JSON document of a whole run.
+pub fn fio_document(tool: &str, jobs: Vec<Value>) -> Value {
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    json!({"fio version": tool, "timestamp": timestamp, "jobs": jobs})
+}
+
+pub fn median(mut xs: Vec<f64>) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    Some(if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    })
+}
+
+/// Medians over rounds of one (target, job).
+#[derive(Clone, Copy, Debug)]
+pub struct Medians {
+    pub rounds: usize,
+    pub iops: f64,
+    pub bw_bytes: f64,
+    pub lat_p50_ns: f64,
+    pub lat_p99_ns: f64,
+}
+
+pub fn medians(samples: &[Sample], target: &str, job: &str) -> Option<Medians> {
+    let s: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.target == target && s.job == job)
+        .collect();
+    let m = |f: fn(&Sample) -> f64| median(s.iter().map(|x| f(x)).collect());
+    Some(Medians {
+        rounds: s.len(),
+        iops: m(|x| x.iops)?,
+        bw_bytes: m(|x| x.bw_bytes)?,
+        lat_p50_ns: m(|x| x.lat_p50_ns)?,
+        lat_p99_ns: m(|x| x.lat_p99_ns)?,
+    })
+}
+
+/// A ratio column: `ours` IOPS over `peer` IOPS, labelled like "our/qcow2".
+#[derive(Clone, Debug)]
+pub struct Ratio {
+    pub label: String,
+    pub ours: String,
+    pub peer: String,
+}
+
+impl std::str::FromStr for Ratio {
+    type Err = anyhow::Error;
+    /// `LABEL=OURS/PEER`, e.g. `our/qcow2=cowstored/qsd-qcow2`.
+    fn from_str(s: &str) -> Result<Ratio> {
+        let (label, pair) = s
+            .split_once('=')
+            .with_context(|| format!("ratio {s:?}: want LABEL=OURS/PEER"))?;
+        let (ours, peer) = pair
+            .split_once('/')
+            .with_context(|| format!("ratio {s:?}: want LABEL=OURS/PEER"))?;
+        Ok(Ratio {
+            label: label.into(),
+            ours: ours.into(),
+            peer: peer.into(),
+        })
+    }
+}
+
+/// Markdown: every figure (medians), then the IOPS ratios. `latency` says
+/// what the latency columns measure.
+pub fn table(
+    samples: &[Sample],
+    targets: &[String],
+    jobs: &[Job],
+    ratios: &[Ratio],
+    latency: &str,
+) -> String {
+    let mut out = String::new();
+    let rounds = samples.iter().map(|s| s.round).max().unwrap_or(0);
+    let _ = writeln!(out, "Medians over {rounds} round(s); latency: {latency}.\n");
+    let _ = writeln!(out, "| job | target | IOPS | MiB/s | p50 µs | p99 µs |");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|");
+    for job in jobs {
+        let name = job.name();
+        for t in targets {
+            match medians(samples, t, &name) {
+                Some(m) => {
+                    let _ = writeln!(
+                        out,
+                        "| {name} | {t} | {:.0} | {:.1} | {:.0} | {:.0} |",
+                        m.iops,
+                        m.bw_bytes / MIB,
+                        m.lat_p50_ns / 1e3,
+                        m.lat_p99_ns / 1e3
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "| {name} | {t} | n/a | n/a | n/a | n/a |");
+                }
+            }
+        }
+    }
+    if ratios.is_empty() {
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "\nRatios of median IOPS (same for MiB/s; above 1.00: ours is faster):\n"
+    );
+    let _ = write!(out, "| job |");
+    for r in ratios {
+        let _ = write!(out, " {} |", r.label);
+    }
+    let _ = write!(out, "\n|---|");
+    for _ in ratios {
+        let _ = write!(out, "---:|");
+    }
+    out.push('\n');
+    for job in jobs {
+        let name = job.name();
+        let _ = write!(out, "| {name} |");
+        for r in ratios {
+            let cell = match (
+                medians(samples, &r.ours, &name),
+                medians(samples, &r.peer, &name),
+            ) {
+                (Some(a), Some(b)) if b.iops > 0.0 => format!("{:.2}", a.iops / b.iops),
+                _ => "n/a".into(),
+            };
+            let _ = write!(out, " {cell} |");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(target: &str, round: u32, iops: f64) -> Sample {
+        Sample {
+            side: "host".into(),
+            target: target.into(),
+            job: "randread-4k-qd1".into(),
+            round,
+            iops,
+            bw_bytes: iops * 4096.0,
+            lat_mean_ns: 1e5,
+            lat_p50_ns: 9e4,
+            lat_p99_ns: 2e5,
+            ops: 10,
+            runtime_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn medians_and_ratios() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(vec![]), None);
+        let s = vec![
+            sample("a", 1, 100.0),
+            sample("a", 2, 300.0),
+            sample("a", 3, 200.0),
+            sample("b", 1, 100.0),
+        ];
+        let jobs = super::super::jobs::parse_jobs("randread-4k-qd1").unwrap();
+        let r: Ratio = "our/b=a/b".parse().unwrap();
+        let t = table(
+            &s,
+            &["a".into(), "b".into(), "c".into()],
+            &jobs,
+            &[r],
+            "submission to completion",
+        );
+        assert!(t.contains("| randread-4k-qd1 | a | 200 |"), "{t}");
+        assert!(t.contains("| randread-4k-qd1 | c | n/a |"), "{t}");
+        assert!(t.contains("| randread-4k-qd1 | 2.00 |"), "{t}");
+        assert!("nope".parse::<Ratio>().is_err());
+    }
+
+    #[test]
+    fn reads_fio_json() {
+        let j = json!({
+            "jobname": "randwrite-4k-qd32",
+            "read": {"io_bytes": 0, "iops": 0.0, "bw_bytes": 0},
+            "write": {"io_bytes": 4096000, "iops": 1000.5, "bw_bytes": 4098048, "runtime": 1000,
+                      "total_ios": 1000, "lat_ns": {"mean": 31000.0},
+                      "clat_ns": {"percentile": {"50.000000": 30000, "99.000000": 90000}}}
+        });
+        let s = Sample::from_fio_job("guest", "t", 1, &j).unwrap();
+        assert_eq!(s.job, "randwrite-4k-qd32");
+        assert_eq!(s.iops, 1000.5);
+        assert_eq!(s.lat_p99_ns, 90000.0);
+        assert!(Sample::from_fio_job("guest", "t", 1, &json!({"jobname": "x"})).is_err());
+        // Our own document reads back the same way.
+        let job = &super::super::jobs::parse_jobs("randwrite-4k-qd32").unwrap()[0];
+        let back = Sample::from_fio_job("host", "t", 1, &s.fio_json(job, 1 << 30)).unwrap();
+        assert_eq!(back.iops, s.iops);
+        assert_eq!(back.lat_p50_ns, s.lat_p50_ns);
+    }
+}
