@@ -75,18 +75,24 @@ fn runs(map: &ExtentMap) -> impl Iterator<Item = (u64, u64, Extent)> + '_ {
 pub(crate) fn mapped_ranges(map: &ExtentMap) -> Vec<ByteRange> {
     let mut out: Vec<ByteRange> = Vec::new();
     for (start, end, _) in runs(map) {
-        let (offset_bytes, end_bytes) = (start * SECTOR_BYTES, end * SECTOR_BYTES);
-        match out.last_mut() {
-            Some(last) if last.end_bytes() == offset_bytes => {
-                last.len_bytes = end_bytes - last.offset_bytes
-            }
-            _ => out.push(ByteRange {
-                offset_bytes,
-                len_bytes: end_bytes - offset_bytes,
-            }),
-        }
+        push_coalesced(&mut out, start, end);
     }
     out
+}
+
+/// Appends sectors `start..end` to ascending `out`, merged with the last
+/// range when they touch.
+fn push_coalesced(out: &mut Vec<ByteRange>, start: u64, end: u64) {
+    let (offset_bytes, end_bytes) = (start * SECTOR_BYTES, end * SECTOR_BYTES);
+    match out.last_mut() {
+        Some(last) if last.end_bytes() == offset_bytes => {
+            last.len_bytes = end_bytes - last.offset_bytes
+        }
+        _ => out.push(ByteRange {
+            offset_bytes,
+            len_bytes: end_bytes - offset_bytes,
+        }),
+    }
 }
 
 /// Ranges (coalesced, ascending) where `a` and `b` differ: a sector differs
@@ -117,18 +123,8 @@ pub(crate) fn diff_maps(a: &ExtentMap, b: &ExtentMap) -> Vec<ByteRange> {
                 .filter(|(s, _, _)| *s <= lo)
                 .map(|(s, _, e)| sector_identity(lo, *s, e))
         };
-        if at(&ra, ia) == at(&rb, ib) {
-            continue;
-        }
-        let (offset_bytes, end_bytes) = (lo * SECTOR_BYTES, hi * SECTOR_BYTES);
-        match out.last_mut() {
-            Some(last) if last.end_bytes() == offset_bytes => {
-                last.len_bytes = end_bytes - last.offset_bytes
-            }
-            _ => out.push(ByteRange {
-                offset_bytes,
-                len_bytes: end_bytes - offset_bytes,
-            }),
+        if at(&ra, ia) != at(&rb, ib) {
+            push_coalesced(&mut out, lo, hi);
         }
     }
     out
