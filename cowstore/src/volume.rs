@@ -119,6 +119,30 @@ impl VolumeInner {
     }
 }
 
+/// Fails the volume when an append is abandoned (its future dropped, or a
+/// panic unwinding through it) after it took its place in the log and the
+/// map but before its bytes were written. The log would then hold a gap that
+/// recovery cuts at (losing every later write) and flushes would wait for it
+/// forever; failing the volume stops every later acknowledgement instead,
+/// and flushes that were waiting return an error.
+struct AbandonGuard<'a> {
+    v: &'a VolumeInner,
+    first_seq: u64,
+    armed: bool,
+}
+
+impl Drop for AbandonGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.v.fail(format!(
+                "an append (first seq {}) was abandoned before its bytes were written",
+                self.first_seq
+            ));
+            self.v.inflight.end(self.first_seq);
+        }
+    }
+}
+
 /// What a record does to the map when it is appended (and when replayed).
 #[derive(Clone, Copy, Debug)]
 enum MapEffect {
@@ -332,6 +356,9 @@ impl Volume {
             (target, std::mem::take(&mut st.dirty), tail)
         };
         self.inner.inflight.wait_through(target).await;
+        // An append abandoned while we waited failed the volume: its bytes
+        // may never land, so nothing up to `target` can be called durable.
+        self.inner.check_usable()?;
         let syncs = dirty.iter().map(|s| self.store.io.sync(s));
         for (seg, res) in dirty.iter().zip(futures::future::join_all(syncs).await) {
             if let Err(e) = res {
@@ -608,6 +635,11 @@ impl Volume {
             v.inflight.begin(first_seq, last_seq);
             (ios, pending_keys, first_seq, last_seq, seal_count)
         };
+        let mut guard = AbandonGuard {
+            v,
+            first_seq,
+            armed: true,
+        };
         let results = futures::future::join_all(ios.iter().map(|io| {
             self.store
                 .io
@@ -620,6 +652,7 @@ impl Volume {
                 pending.remove(key);
             }
         }
+        guard.armed = false;
         v.inflight.end(first_seq);
         for (io, res) in ios.iter().zip(results) {
             if let Err(e) = res {
