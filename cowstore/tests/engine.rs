@@ -420,7 +420,10 @@ fn an_abandoned_write_fails_the_volume_instead_of_leaving_a_gap() {
         Poll::Ready(r) => panic!("an io_uring write completed on its first poll: {r:?}"),
     }
     let flushed = block_on(vol.flush());
-    assert!(flushed.is_err(), "flush after an abandoned write: {flushed:?}");
+    assert!(
+        flushed.is_err(),
+        "flush after an abandoned write: {flushed:?}"
+    );
     let again = block_on(vol.write(65536, &data));
     assert!(again.is_err(), "write after an abandoned one: {again:?}");
 }
