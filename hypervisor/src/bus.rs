@@ -115,15 +115,25 @@ impl Reservations {
 #[derive(Debug)]
 pub struct Ram {
     pub base: u64,
-    pub bytes: Vec<u8>,
+    pub bytes: GuestMemory,
 }
 
 impl Ram {
+    /// Private RAM on the heap (the user-mode harness, unit tests).
     pub fn new(base: u64, len_bytes: usize) -> Self {
         Self {
             base,
-            bytes: vec![0; len_bytes],
+            bytes: GuestMemory::Heap(vec![0; len_bytes]),
         }
+    }
+
+    /// RAM in a shared memfd, so that a vhost-user backend can map it (the
+    /// machine's RAM).
+    pub fn shared(base: u64, len_bytes: usize) -> std::io::Result<Self> {
+        Ok(Self {
+            base,
+            bytes: GuestMemory::Shared(SharedMemory::new(len_bytes)?),
+        })
     }
 
     /// Offset of [addr, addr+size) inside RAM, when wholly inside.
@@ -167,6 +177,154 @@ impl Ram {
     pub fn read_bytes(&self, addr: u64, len: usize) -> Option<&[u8]> {
         let off = self.offset(addr, len as u64)?;
         Some(&self.bytes[off..off + len])
+    }
+}
+
+/// The bytes of guest RAM: a heap buffer, or a shared memfd mapping.
+#[derive(Debug)]
+pub enum GuestMemory {
+    Heap(Vec<u8>),
+    Shared(SharedMemory),
+}
+
+impl GuestMemory {
+    /// The memfd and its host mapping, when the memory is shared.
+    pub fn shared(&self) -> Option<&SharedMemory> {
+        match self {
+            GuestMemory::Heap(_) => None,
+            GuestMemory::Shared(m) => Some(m),
+        }
+    }
+}
+
+impl std::ops::Deref for GuestMemory {
+    type Target = [u8];
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        match self {
+            GuestMemory::Heap(v) => v,
+            GuestMemory::Shared(m) => m.as_slice(),
+        }
+    }
+}
+
+impl std::ops::DerefMut for GuestMemory {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match self {
+            GuestMemory::Heap(v) => v,
+            GuestMemory::Shared(m) => m.as_mut_slice(),
+        }
+    }
+}
+
+/// Guest RAM in a memfd mapped MAP_SHARED: the vhost-user backend maps the
+/// same file (SET_MEM_TABLE passes the fd) and moves data in and out of it
+/// directly.
+///
+/// The backend writes these bytes concurrently with the harts (as DMA does
+/// on hardware). The guest orders its accesses to buffers it handed to the
+/// device by the virtqueue protocol (it reads a buffer only after the used
+/// ring says the device is done), so the interpreter never observes a torn
+/// buffer it relies on; what Rust sees is memory that another process may
+/// change behind a `&mut [u8]`, as with any shared mapping.
+#[derive(Debug)]
+pub struct SharedMemory {
+    fd: std::os::fd::OwnedFd,
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by this value alone (no aliasing Rust
+// references exist outside the borrows it hands out), so it may move to and
+// be used from another thread like a Vec<u8>.
+unsafe impl Send for SharedMemory {}
+
+impl SharedMemory {
+    pub fn new(len_bytes: usize) -> std::io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        if len_bytes == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "empty guest memory",
+            ));
+        }
+        // SAFETY: memfd_create with a NUL-terminated name and valid flags;
+        // the result is checked before use.
+        let raw = unsafe { libc::memfd_create(c"cowvisor-ram".as_ptr(), libc::MFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        let file = std::fs::File::from(fd);
+        file.set_len(len_bytes as u64)?;
+        let fd = std::os::fd::OwnedFd::from(file);
+        // SAFETY: a new MAP_SHARED mapping of the whole memfd (just sized to
+        // len_bytes); no existing memory is affected. The result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len_bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast::<u8>())
+            .ok_or_else(|| std::io::Error::other("mmap returned null"))?;
+        Ok(Self {
+            fd,
+            ptr,
+            len: len_bytes,
+        })
+    }
+
+    /// The memfd, for SET_MEM_TABLE.
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.fd)
+    }
+
+    /// Where the mapping starts in this process (the `userspace_addr` the
+    /// vhost-user protocol expresses ring addresses in).
+    pub fn host_addr(&self) -> u64 {
+        self.ptr.as_ptr() as u64
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    #[inline]
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr..ptr+len is a live read/write mapping owned by self
+        // (unmapped only in Drop), and the borrow of self bounds the slice.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    #[inline]
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in as_slice; &mut self makes this the only Rust
+        // reference into the mapping.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for SharedMemory {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping created in new(); no slice into
+        // it outlives self.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
     }
 }
 

@@ -714,7 +714,13 @@ impl Hart {
                 let v = muldiv(op, word, x!(rs1), x!(rs2));
                 self.set_x(rd, v);
             }
-            Inst::Fence => {}
+            // A host full barrier: RAM is shared with vhost-user backends,
+            // and the virtqueue protocol's Dekker-style checks (driver
+            // writes avail/used_event then reads used idx while the device
+            // does the converse) need store->load order, which x86's store
+            // buffer does not give without mfence. Harts themselves run on
+            // one thread and need nothing.
+            Inst::Fence => std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst),
             Inst::FenceI => self.flush_blocks(),
             Inst::Ecall => {
                 if self.ecall_exits {
@@ -794,10 +800,21 @@ impl Hart {
                     if csr >> 10 == 3 {
                         return Err(illegal());
                     }
+                    // mip.SEIP reads as the software bit OR the PLIC's
+                    // line, but csrrs/csrrc modify the software bit alone
+                    // (privileged spec 3.1.9): otherwise OpenSBI's
+                    // `csrc mip, STIP` would latch a momentary device
+                    // interrupt into the software bit, and the guest would
+                    // take external interrupts forever with nothing to claim.
+                    let base = if csr == 0x344 {
+                        (old & !IRQ_SEI) | (self.mip_sw & IRQ_SEI)
+                    } else {
+                        old
+                    };
                     let new = match op {
                         CsrOp::Rw => operand,
-                        CsrOp::Rs => old | operand,
-                        CsrOp::Rc => old & !operand,
+                        CsrOp::Rs => base | operand,
+                        CsrOp::Rc => base & !operand,
                     };
                     self.csr_write(csr, new, raw_bits)?;
                 }
@@ -1493,6 +1510,24 @@ mod tests {
         bus.store(0x8000_8000, 8, 7).unwrap();
         assert_eq!(run(&mut h, &mut bus), 2);
         assert_eq!(h.blocks_built, 2);
+    }
+
+    /// `csrc mip, t0` (OpenSBI clearing STIP) while the PLIC raises SEIP
+    /// must not latch SEIP into the software bit: once the line drops, mip
+    /// shows no external interrupt.
+    #[test]
+    fn csrc_mip_does_not_latch_the_external_line() {
+        // csrrc zero, mip, t0
+        let mut bus = bus_with(&[(0x344 << 20) | (5 << 15) | (3 << 12) | 0x73]);
+        let mut h = Hart::new(0);
+        h.pc = 0x8000_0000;
+        h.x[5] = IRQ_STI;
+        h.mip_sw = IRQ_STI;
+        h.mip_hw = IRQ_SEI;
+        h.step(&mut bus).unwrap();
+        assert_eq!(h.mip_sw, 0, "STIP cleared, SEIP not latched");
+        h.mip_hw = 0;
+        assert_eq!(h.mip() & IRQ_SEI, 0);
     }
 
     #[test]

@@ -86,6 +86,9 @@ pub struct Plic {
     claimed: u32,
     enable: Vec<u32>,
     threshold: Vec<u32>,
+    /// Claims answered per source (index 0: claims that found nothing),
+    /// for stop reports.
+    pub claims: [u64; 32],
 }
 
 impl Plic {
@@ -100,6 +103,7 @@ impl Plic {
             claimed: 0,
             enable: vec![0; 2 * harts],
             threshold: vec![0; 2 * harts],
+            claims: [0; 32],
         }
     }
 
@@ -123,6 +127,15 @@ impl Plic {
             }
         }
         best.map(|(s, _)| s)
+    }
+
+    /// Sources pending now and sources claimed but not completed (bit n =
+    /// source n), for stop reports.
+    pub fn pending(&self) -> u32 {
+        self.pending
+    }
+    pub fn claimed(&self) -> u32 {
+        self.claimed
     }
 
     /// Whether context `ctx` has an interrupt to take.
@@ -153,9 +166,13 @@ impl Plic {
                             Some(src) => {
                                 self.pending &= !(1 << src);
                                 self.claimed |= 1 << src;
+                                self.claims[src as usize] += 1;
                                 src
                             }
-                            None => 0,
+                            None => {
+                                self.claims[0] += 1;
+                                0
+                            }
                         }
                     }
                     _ => 0,
@@ -232,6 +249,8 @@ impl std::fmt::Debug for Uart {
         f.debug_struct("Uart")
             .field("ier", &self.ier)
             .field("lcr", &self.lcr)
+            .field("thre_ip", &self.thre_ip)
+            .field("rx", &self.rx.len())
             .finish()
     }
 }

@@ -3,7 +3,8 @@
 //! ([`cpu`], with a decoded-block cache as its fast engine) with soft-float
 //! F/D ([`fpu`]), a user-mode ELF harness
 //! ([`user`], what the conformance suite runs) and a QEMU-virt-compatible
-//! machine ([`machine`]). See docs/cowvisor.md.
+//! machine ([`machine`]) with virtio-mmio disks on vhost-user-blk backends
+//! ([`virtio`]). See docs/cowvisor.md.
 
 pub mod bus;
 pub mod cpu;
@@ -13,3 +14,4 @@ pub mod elf;
 pub mod fpu;
 pub mod machine;
 pub mod user;
+pub mod virtio;

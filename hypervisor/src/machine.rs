@@ -3,8 +3,9 @@
 //! and keeps virtual time.
 //!
 //! Memory map (as QEMU virt): test finisher 0x10_0000, CLINT 0x200_0000,
-//! PLIC 0xc00_0000, UART 0x1000_0000, virtio-mmio slots 0x1000_1000.. (none
-//! populated yet), RAM at 0x8000_0000.
+//! PLIC 0xc00_0000, UART 0x1000_0000, virtio-mmio slots 0x1000_1000.. (one
+//! per `--disk`, PLIC sources 1..=8; see [`crate::virtio`]), RAM at
+//! 0x8000_0000 (a shared memfd).
 
 use std::fmt::Write as _;
 use std::io::Write;
@@ -15,6 +16,7 @@ use vm_fdt::FdtWriter;
 use crate::bus::{Bus, BusError, CodePages, Ram, Reservations};
 use crate::cpu::{Engine, Event, Hart, IRQ_MEI, IRQ_MSI, IRQ_MTI, IRQ_SEI};
 use crate::devices::{Clint, Plic, Power, TestFinisher, Uart};
+use crate::virtio::{VhostUserBlk, VirtioError, VirtioMmio};
 
 pub const RAM_BASE: u64 = 0x8000_0000;
 /// Where fw_jump (Debian's generic build) jumps: the kernel goes here.
@@ -44,6 +46,10 @@ pub enum MachineError {
     Firmware(String),
     #[error("device tree: {0}")]
     Fdt(String),
+    #[error("guest RAM: {0}")]
+    Ram(std::io::Error),
+    #[error("disk {index}: {source}")]
+    Disk { index: usize, source: VirtioError },
 }
 
 /// How a run ended.
@@ -76,6 +82,8 @@ pub struct MachineBus {
     pub code: CodePages,
     pub mtime: u64,
     pub power: Option<Power>,
+    /// virtio-mmio disks, slot i at virtio::BASE + i * SLOT_SIZE.
+    pub disks: Vec<VirtioMmio>,
     /// A device register changed that may alter interrupt lines.
     pub irq_dirty: bool,
 }
@@ -98,7 +106,36 @@ impl MachineBus {
         if (TestFinisher::BASE..TestFinisher::BASE + TestFinisher::SIZE).contains(&addr) {
             return Some(0);
         }
+        if let Some((disk, off)) = self.disk_at(addr) {
+            // (irq_dirty: a config read can put the device in NEEDS_RESET.)
+            let v = disk.load(off, size);
+            self.irq_dirty = true;
+            return v;
+        }
         None
+    }
+
+    /// The disk whose slot holds `addr`, and the offset into the slot.
+    fn disk_at(&mut self, addr: u64) -> Option<(&mut VirtioMmio, u64)> {
+        let off = addr.checked_sub(crate::virtio::BASE)?;
+        let slot = usize::try_from(off / crate::virtio::SLOT_SIZE).ok()?;
+        let disk = self.disks.get_mut(slot)?;
+        Some((disk, off % crate::virtio::SLOT_SIZE))
+    }
+
+    /// Takes the backends' completion signals into the disks' interrupt
+    /// status (one non-blocking eventfd read per disk).
+    pub fn poll_disks(&mut self) {
+        for d in &mut self.disks {
+            if d.poll_call() {
+                self.irq_dirty = true;
+            }
+        }
+    }
+
+    /// True while some disk has requests the backend has not completed.
+    fn disks_busy(&self) -> bool {
+        self.disks.iter().any(|d| d.in_flight(&self.ram))
     }
 
     fn mmio_store(&mut self, addr: u64, size: u8, value: u64) -> Option<()> {
@@ -118,16 +155,24 @@ impl MachineBus {
             }
             return Some(());
         }
+        if let Some((disk, off)) = self.disk_at(addr) {
+            return disk.store(off, size, value);
+        }
         None
     }
 
     /// Interrupt lines of the devices into the PLIC (bit n = source n).
     fn device_lines(&self) -> u32 {
+        let mut lines = 0;
         if self.uart.irq() {
-            1 << Uart::IRQ
-        } else {
-            0
+            lines |= 1 << Uart::IRQ;
         }
+        for d in &self.disks {
+            if d.irq_level() {
+                lines |= 1 << d.irq();
+            }
+        }
+        lines
     }
 
     /// Current interrupt lines into the harts' mip.
@@ -200,6 +245,8 @@ pub struct BootConfig {
     pub kernel: Option<Vec<u8>>,
     pub initrd: Option<Vec<u8>>,
     pub cmdline: String,
+    /// vhost-user-blk sockets, one virtio-mmio disk each (slot order).
+    pub disks: Vec<std::path::PathBuf>,
 }
 
 pub struct Machine {
@@ -219,7 +266,13 @@ impl Machine {
         }
         let ram_bytes =
             usize::try_from(cfg.ram_mib << 20).map_err(|_| MachineError::RamSize(cfg.ram_mib))?;
-        let mut ram = Ram::new(RAM_BASE, ram_bytes);
+        if cfg.disks.len() > crate::virtio::MAX_SLOTS {
+            return Err(MachineError::Disk {
+                index: cfg.disks.len() - 1,
+                source: VirtioError::TooMany,
+            });
+        }
+        let mut ram = Ram::shared(RAM_BASE, ram_bytes).map_err(MachineError::Ram)?;
         let put = |ram: &mut Ram, what: &'static str, addr: u64, data: &[u8]| {
             ram.write_bytes(addr, data).ok_or(MachineError::DoesNotFit {
                 what,
@@ -262,6 +315,13 @@ impl Machine {
             h.x[11] = fdt_addr; // a1 = device tree
             harts.push(h);
         }
+        let mut disks = Vec::with_capacity(cfg.disks.len());
+        for (index, path) in cfg.disks.iter().enumerate() {
+            let disk = VhostUserBlk::connect(path, &ram)
+                .and_then(|blk| VirtioMmio::new(index, blk))
+                .map_err(|source| MachineError::Disk { index, source })?;
+            disks.push(disk);
+        }
         let bus = MachineBus {
             ram,
             clint: Clint::new(cfg.harts),
@@ -272,6 +332,7 @@ impl Machine {
             code: CodePages::new(RAM_BASE, ram_bytes),
             mtime: 0,
             power: None,
+            disks,
             irq_dirty: false,
         };
         Ok(Self {
@@ -291,6 +352,7 @@ impl Machine {
         let n = self.harts.len();
         let mut executed: u64 = 0;
         loop {
+            self.bus.poll_disks();
             let mut all_waiting = true;
             for h in 0..n {
                 let bits = self.bus.irq_bits(h);
@@ -376,6 +438,14 @@ impl Machine {
                         continue;
                     }
                 }
+                if !anything_pending && self.bus.disks_busy() {
+                    // A disk request is out: wait for the backend in real
+                    // time with virtual time standing still, so the guest
+                    // sees I/O take no time and a run stays reproducible
+                    // whatever the backend's latency.
+                    self.wait_disks(10);
+                    continue;
+                }
                 if !anything_pending {
                     if next == u64::MAX {
                         return Stop::Deadlock {
@@ -391,6 +461,26 @@ impl Machine {
                 };
             }
         }
+    }
+
+    /// Blocks until a disk's backend signals a completion or `timeout_ms`.
+    fn wait_disks(&mut self, timeout_ms: i32) {
+        let mut fds: Vec<libc::pollfd> = self
+            .bus
+            .disks
+            .iter()
+            .map(|d| libc::pollfd {
+                fd: d.call_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: poll(2) on a live array of fds.len() pollfd structures
+        // whose descriptors the disks own; it only writes `revents`.
+        unsafe {
+            libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms);
+        }
+        self.bus.poll_disks();
     }
 
     /// A short human-readable state dump of one hart.
@@ -421,6 +511,19 @@ impl Machine {
             }
             let _ = writeln!(s);
         }
+        for d in &self.bus.disks {
+            let _ = writeln!(s, "  {}", d.describe(&self.bus.ram));
+        }
+        let _ = writeln!(
+            s,
+            "  mip {:#x} mie {:#x} plic pending {:#x} claimed {:#x} empty claims {} {:?}",
+            h.mip(),
+            h.mie,
+            self.bus.plic.pending(),
+            self.bus.plic.claimed(),
+            self.bus.plic.claims[0],
+            self.bus.uart
+        );
         s
     }
 }
@@ -577,6 +680,16 @@ fn build_fdt(cfg: &BootConfig, initrd: Option<(u64, u64)>) -> Result<Vec<u8>, vm
     }
     f.property_array_u32("interrupts-extended", &ext)?;
     f.end_node(clint)?;
+
+    for slot in 0..cfg.disks.len() {
+        let base = crate::virtio::BASE + slot as u64 * crate::virtio::SLOT_SIZE;
+        let node = f.begin_node(&format!("virtio_mmio@{base:x}"))?;
+        f.property_string("compatible", "virtio,mmio")?;
+        f.property_array_u64("reg", &[base, crate::virtio::SLOT_SIZE])?;
+        f.property_u32("interrupts", crate::virtio::FIRST_IRQ + slot as u32)?;
+        f.property_u32("interrupt-parent", plic_ph)?;
+        f.end_node(node)?;
+    }
 
     f.end_node(soc)?;
     f.end_node(root)?;

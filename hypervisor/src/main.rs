@@ -52,6 +52,11 @@ struct Args {
     /// Connect stdin to the guest's UART (console input).
     #[arg(long)]
     stdin: bool,
+    /// A virtio-blk disk (virtio-mmio slot 0, 1, ... in order) served by
+    /// the vhost-user-blk backend listening on PATH: `vhost-user=PATH`.
+    /// Repeatable, up to 8.
+    #[arg(long, value_name = "vhost-user=PATH")]
+    disk: Vec<String>,
     /// Print instructions executed and the rate on exit.
     #[arg(long)]
     stats: bool,
@@ -94,6 +99,14 @@ fn run_user(args: &Args, path: &PathBuf) -> Result<()> {
     std::process::exit(i32::try_from(run.exit_code & 0xff).unwrap_or(1));
 }
 
+/// The socket of a `--disk vhost-user=PATH` argument.
+fn disk_path(arg: &str) -> Result<PathBuf> {
+    match arg.split_once('=') {
+        Some(("vhost-user", path)) if !path.is_empty() => Ok(PathBuf::from(path)),
+        _ => anyhow::bail!("--disk {arg}: expected vhost-user=PATH"),
+    }
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(path) = &args.user {
@@ -115,6 +128,11 @@ fn main() -> Result<()> {
             .map(|p| read(p, "initrd"))
             .transpose()?,
         cmdline: args.append.clone(),
+        disks: args
+            .disk
+            .iter()
+            .map(|d| disk_path(d))
+            .collect::<Result<_>>()?,
     };
     let mut machine = Machine::new(&cfg, Box::new(std::io::stdout()))?;
     if args.stdin {

@@ -150,6 +150,7 @@ fn privileged_traps_paging_interrupts() {
         kernel: None,
         initrd: None,
         cmdline: String::new(),
+        disks: Vec::new(),
     };
     for engine in [Engine::Interp, Engine::Blocks] {
         let mut m = Machine::new(&cfg, Box::new(std::io::sink())).expect("machine");

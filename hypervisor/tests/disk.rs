@@ -1,0 +1,492 @@
+//! Disks: Linux under cowvisor writes and reads back a pattern on a
+//! virtio-blk disk whose backend is a real vhost-user-blk daemon (cowstored
+//! on a cowstore volume; qemu-storage-daemon on a raw file), and the bytes
+//! are then checked offline, through the cowstore engine or the file.
+//!
+//! The guest's init (hypervisor/guest/init) runs its disk mode when the
+//! kernel command line has `cowvisor_disk=SEED`: per disk it prints the md5
+//! of the 64 KiB the test put at 1 MiB before boot, writes the 1 MiB
+//! pattern "cowvisor SEED vdX\n"... at offset 0 with fsync, drops the buffer
+//! cache and prints the md5 of what it wrote and of what it read back.
+
+mod common;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cowstore::{Store, StoreConfig};
+
+const MIB: u64 = 1 << 20;
+const VOLUME_BYTES: u64 = 32 * MIB;
+/// Where the test puts bytes before boot for the guest to read (and its
+/// length): the guest hashes exactly this range.
+const PRESET_AT: u64 = MIB;
+const PRESET_LEN: usize = 64 << 10;
+/// A hung guest ends here instead of hanging the suite (a disk boot
+/// retires about 60 M instructions).
+const MAX_INSTRUCTIONS: &str = "3000000000";
+
+struct Guest {
+    image: PathBuf,
+    initramfs: PathBuf,
+    fw_jump: PathBuf,
+}
+
+fn guest() -> &'static Guest {
+    static GUEST: std::sync::OnceLock<Guest> = std::sync::OnceLock::new();
+    GUEST.get_or_init(|| {
+        let text = common::riscv_guest_script(&[]).unwrap_or_else(|e| panic!("{e}"));
+        let get = |key: &str| -> PathBuf {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                .unwrap_or_else(|| panic!("scripts/riscv-guest printed no {key}=: {text}"))
+                .into()
+        };
+        Guest {
+            image: get("IMAGE"),
+            initramfs: get("INITRAMFS"),
+            fw_jump: get("FW_JUMP"),
+        }
+    })
+}
+
+/// The bytes the guest writes at offset 0 of disk `dev` with `seed`
+/// (`yes "cowvisor SEED DEV" | head -c 1048576`).
+fn pattern(seed: &str, dev: &str) -> Vec<u8> {
+    let line = format!("cowvisor {seed} {dev}\n");
+    line.bytes().cycle().take(MIB as usize).collect()
+}
+
+/// Bytes the test presets at PRESET_AT: a simple LCG stream, distinct per
+/// disk.
+fn preset(salt: u64) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ salt;
+    (0..PRESET_LEN)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (x >> 56) as u8
+        })
+        .collect()
+}
+
+/// md5 by coreutils' md5sum (the guest prints busybox md5sum's).
+fn md5(data: &[u8]) -> String {
+    let mut child = Command::new("md5sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("md5sum (coreutils) must be installed");
+    child
+        .stdin
+        .take()
+        .expect("md5sum stdin")
+        .write_all(data)
+        .expect("write to md5sum");
+    let out = child.wait_with_output().expect("md5sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A running cowvisor whose console and stderr go to files.
+struct Run {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+/// Wall-clock limit of one guest run: a backend that never answers leaves
+/// the guest waiting in real time (virtual time stands still meanwhile), so
+/// the instruction budget alone cannot end such a run.
+const RUN_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Starts cowvisor on the packaged guest with one disk per socket; `dir`
+/// holds its output files, named after `seed`.
+fn start_cowvisor(dir: &Path, seed: &str, sockets: &[&Path]) -> Run {
+    let g = guest();
+    let stdout = dir.join(format!("cowvisor-{seed}.out"));
+    let stderr = dir.join(format!("cowvisor-{seed}.err"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cowvisor"));
+    cmd.arg("--bios")
+        .arg(&g.fw_jump)
+        .arg("--kernel")
+        .arg(&g.image)
+        .arg("--initrd")
+        .arg(&g.initramfs)
+        .arg("--append")
+        .arg(format!(
+            "console=ttyS0 rdinit=/init panic=-1 cowvisor_disk={seed}"
+        ))
+        .args(["--memory", "128", "--max-instructions", MAX_INSTRUCTIONS]);
+    for s in sockets {
+        cmd.arg("--disk").arg(format!("vhost-user={}", s.display()));
+    }
+    let child = cmd
+        .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+        .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+        .spawn()
+        .expect("start cowvisor");
+    Run {
+        child,
+        stdout,
+        stderr,
+    }
+}
+
+/// Waits for a cowvisor run (killing it after RUN_TIMEOUT); (status,
+/// console, stderr). A killed run has status -1.
+fn finish(mut run: Run) -> (i32, String, String) {
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let status = loop {
+        if let Some(st) = run.child.try_wait().expect("wait for cowvisor") {
+            break st.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            let _ = run.child.kill();
+            let _ = run.child.wait();
+            break -1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (
+        status,
+        std::fs::read_to_string(&run.stdout).unwrap_or_default(),
+        std::fs::read_to_string(&run.stderr).unwrap_or_default(),
+    )
+}
+
+/// The value printed after `cowvisor-guest: disk DEV KEY ` (first word).
+fn disk_line<'a>(console: &'a str, dev: &str, key: &str) -> Option<&'a str> {
+    let prefix = format!("cowvisor-guest: disk {dev} {key} ");
+    console
+        .lines()
+        .find_map(|l| l.trim_end_matches('\r').strip_prefix(&prefix))
+        .and_then(|rest| rest.split_whitespace().next())
+}
+
+/// Asserts the guest's view of disk `dev`: its size, the preset bytes it
+/// read, and that what it wrote is the pattern and reads back unchanged.
+fn check_guest(run: &(i32, String, String), dev: &str, seed: &str, preset_md5: &str) {
+    let (code, console, err) = run;
+    let ctx = || format!("exit {code}\n--- console ---\n{console}\n--- stderr ---\n{err}");
+    assert_eq!(*code, 0, "cowvisor did not power off cleanly: {}", ctx());
+    assert!(
+        console.contains("virtio_blk virtio"),
+        "no virtio-blk probe: {}",
+        ctx()
+    );
+    assert_eq!(
+        disk_line(console, dev, "sectors"),
+        Some((VOLUME_BYTES / 512).to_string().as_str()),
+        "{}",
+        ctx()
+    );
+    assert_eq!(
+        disk_line(console, dev, "preset"),
+        Some(preset_md5),
+        "guest read other bytes than the test preset: {}",
+        ctx()
+    );
+    let want = md5(&pattern(seed, dev));
+    assert_eq!(
+        disk_line(console, dev, "wrote"),
+        Some(want.as_str()),
+        "{}",
+        ctx()
+    );
+    assert_eq!(
+        disk_line(console, dev, "read"),
+        Some(want.as_str()),
+        "read-back differs from what was written: {}",
+        ctx()
+    );
+    assert!(!console.contains("write failed"), "{}", ctx());
+}
+
+/// A running cowstored (the pattern of tests/src/qemu.rs's Daemon).
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(store: &Path, dir: &Path, attach: &[(&str, &Path)]) -> Daemon {
+        let bin = cowstored_binary();
+        let control = dir.join("control.sock");
+        let log = dir.join("cowstored.log");
+        let mut cmd = Command::new(bin);
+        cmd.arg("--store").arg(store).arg("--control").arg(&control);
+        for (vol, sock) in attach {
+            cmd.arg("--attach").arg(format!("{vol}={}", sock.display()));
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("cowstored log"))
+            .spawn()
+            .expect("start cowstored");
+        let mut d = Daemon { child, log };
+        wait_for_sockets(
+            &mut d.child,
+            &attach.iter().map(|(_, s)| *s).collect::<Vec<_>>(),
+            &d.log,
+        );
+        d
+    }
+
+    /// SIGTERM and wait: the daemon flushes and closes the store.
+    fn stop(mut self) {
+        let pid = i32::try_from(self.child.id()).expect("pid");
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait cowstored") {
+                assert!(
+                    st.success(),
+                    "cowstored exited with {st}: {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+                return;
+            }
+            assert!(Instant::now() < deadline, "cowstored did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until every socket exists (the backend listens), failing early if
+/// the process exits.
+fn wait_for_sockets(child: &mut Child, sockets: &[&Path], log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sockets.iter().all(|s| s.exists()) {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            panic!(
+                "backend exited early ({st}): {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "backend did not listen: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn cowstored_binary() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = common::repo_root();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .current_dir(&root)
+            .args(["build", "--quiet", "-p", "vhost-blk", "--bin", "cowstored"])
+            .status()
+            .expect("cargo build cowstored");
+        assert!(
+            st.success(),
+            "cargo build -p vhost-blk --bin cowstored failed"
+        );
+        std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root.join("target"))
+            .join("debug/cowstored")
+    })
+    .clone()
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = cowstore::Result<T>>) -> T {
+    futures::executor::block_on(f).expect("cowstore")
+}
+
+/// Creates `volumes` in a new store, each with its preset at PRESET_AT.
+fn make_store(dir: &Path, volumes: &[(&str, u64)]) {
+    let store = Store::open_or_create(dir, StoreConfig::default()).expect("create store");
+    for (name, salt) in volumes {
+        let v = store.create_volume(name, VOLUME_BYTES).expect("volume");
+        block_on(v.write(PRESET_AT, &preset(*salt)));
+        block_on(v.flush());
+    }
+    store.close().expect("close store");
+}
+
+/// Offline, through the engine: the pattern at 0, the preset untouched.
+fn check_volume(store: &Store, name: &str, seed: &str, dev: &str, salt: u64) {
+    let v = store.volume(name).expect("volume");
+    let got = block_on(v.read(0, MIB));
+    assert!(
+        got == pattern(seed, dev),
+        "volume {name}: offline bytes at 0 are not the guest's pattern (first bytes {:?})",
+        String::from_utf8_lossy(&got[..64.min(got.len())])
+    );
+    let got = block_on(v.read(PRESET_AT, PRESET_LEN as u64));
+    assert!(got == preset(salt), "volume {name}: preset changed");
+}
+
+#[test]
+fn cowstored_disk_pattern_checked_offline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store_dir = dir.path().join("store");
+    make_store(&store_dir, &[("v", 1)]);
+    let sock = dir.path().join("v.sock");
+    let daemon = Daemon::start(&store_dir, dir.path(), &[("v", &sock)]);
+    let run = finish(start_cowvisor(dir.path(), "s1", &[&sock]));
+    check_guest(&run, "vda", "s1", &md5(&preset(1)));
+    daemon.stop();
+    let store = Store::open(&store_dir, StoreConfig::default()).expect("reopen store");
+    check_volume(&store, "v", "s1", "vda", 1);
+}
+
+#[test]
+fn two_guests_on_two_volumes_of_one_cowstored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store_dir = dir.path().join("store");
+    make_store(&store_dir, &[("a", 2), ("b", 3)]);
+    let (sa, sb) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
+    let daemon = Daemon::start(&store_dir, dir.path(), &[("a", &sa), ("b", &sb)]);
+    // Both machines run at once against the one daemon.
+    let ga = start_cowvisor(dir.path(), "ga", &[&sa]);
+    let gb = start_cowvisor(dir.path(), "gb", &[&sb]);
+    let (ra, rb) = (finish(ga), finish(gb));
+    check_guest(&ra, "vda", "ga", &md5(&preset(2)));
+    check_guest(&rb, "vda", "gb", &md5(&preset(3)));
+    daemon.stop();
+    let store = Store::open(&store_dir, StoreConfig::default()).expect("reopen store");
+    check_volume(&store, "a", "ga", "vda", 2);
+    check_volume(&store, "b", "gb", "vda", 3);
+}
+
+#[test]
+fn qemu_storage_daemon_disk_pattern_checked_in_the_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let img = dir.path().join("disk.raw");
+    {
+        let mut bytes = vec![0u8; VOLUME_BYTES as usize];
+        bytes[PRESET_AT as usize..PRESET_AT as usize + PRESET_LEN].copy_from_slice(&preset(4));
+        std::fs::write(&img, bytes).expect("write image");
+    }
+    let sock = dir.path().join("qsd.sock");
+    let log = dir.path().join("qsd.log");
+    let mut qsd = Command::new("qemu-storage-daemon")
+        .arg("--blockdev")
+        .arg(format!(
+            "driver=file,node-name=file0,filename={}",
+            img.display()
+        ))
+        .arg("--export")
+        .arg(format!(
+            "type=vhost-user-blk,id=exp0,node-name=file0,writable=on,addr.type=unix,addr.path={}",
+            sock.display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("qsd log"))
+        .spawn()
+        .expect("qemu-storage-daemon must be installed (Debian package qemu-system-common / qemu-utils)");
+    wait_for_sockets(&mut qsd, &[&sock], &log);
+    let run = finish(start_cowvisor(dir.path(), "q1", &[&sock]));
+    let _ = qsd.kill();
+    let _ = qsd.wait();
+    check_guest(&run, "vda", "q1", &md5(&preset(4)));
+    let bytes = std::fs::read(&img).expect("read image");
+    assert!(
+        bytes[..MIB as usize] == pattern("q1", "vda")[..],
+        "the file does not hold the guest's pattern"
+    );
+    assert!(bytes[PRESET_AT as usize..PRESET_AT as usize + PRESET_LEN] == preset(4)[..]);
+}
+
+#[test]
+fn missing_backend_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("nobody.sock");
+    let (code, _, err) = finish(start_cowvisor(dir.path(), "x", &[&sock]));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("disk 0") && err.contains("nobody.sock"),
+        "stderr does not name the disk and socket: {err}"
+    );
+}
+
+/// A driver that programs its virtqueue outside RAM: the device refuses to
+/// start (DEVICE_NEEDS_RESET plus a config-change interrupt), the backend
+/// never sees the addresses and keeps serving; after a reset the same
+/// device starts with rings inside RAM.
+#[test]
+fn virtqueue_outside_ram_needs_reset_and_backend_survives() {
+    use hypervisor::bus::Ram;
+    use hypervisor::virtio::{VhostUserBlk, VirtioMmio};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store_dir = dir.path().join("store");
+    make_store(&store_dir, &[("v", 5)]);
+    let sock = dir.path().join("v.sock");
+    let daemon = Daemon::start(&store_dir, dir.path(), &[("v", &sock)]);
+    let ram_base = 0x8000_0000u64;
+    let ram = Ram::shared(ram_base, 16 << 20).expect("memfd RAM");
+    let blk = VhostUserBlk::connect(&sock, &ram).expect("connect to cowstored");
+    let mut dev = VirtioMmio::new(0, blk).expect("slot 0");
+    let rd = |dev: &mut VirtioMmio, off: u64| dev.load(off, 4).expect("32-bit register");
+    let wr = |dev: &mut VirtioMmio, off: u64, v: u64| dev.store(off, 4, v).expect("register");
+    assert_eq!(rd(&mut dev, 0x000), 0x7472_6976, "magic");
+    assert_eq!(rd(&mut dev, 0x004), 2, "version 2 only");
+    assert_eq!(rd(&mut dev, 0x008), 2, "block device");
+    // Capacity from the backend's config space: 32 MiB in sectors.
+    let cap = dev.load(0x100, 8).expect("config");
+    assert_eq!(cap, VOLUME_BYTES / 512);
+    let program = |dev: &mut VirtioMmio, desc: u64| {
+        wr(dev, 0x070, 0);
+        wr(dev, 0x070, 1 | 2); // ACKNOWLEDGE | DRIVER
+        wr(dev, 0x024, 1);
+        wr(dev, 0x020, 1); // VERSION_1 (bit 32)
+        wr(dev, 0x024, 0);
+        wr(dev, 0x020, 0);
+        wr(dev, 0x070, 1 | 2 | 8); // FEATURES_OK
+        assert_eq!(rd(dev, 0x070) & 8, 8, "features accepted");
+        wr(dev, 0x030, 0);
+        assert_eq!(rd(dev, 0x034), 128);
+        wr(dev, 0x038, 8);
+        wr(dev, 0x080, desc & 0xffff_ffff);
+        wr(dev, 0x084, desc >> 32);
+        let avail = ram_base + 0x1000;
+        let used = ram_base + 0x2000;
+        wr(dev, 0x090, avail & 0xffff_ffff);
+        wr(dev, 0x094, avail >> 32);
+        wr(dev, 0x0a0, used & 0xffff_ffff);
+        wr(dev, 0x0a4, used >> 32);
+        wr(dev, 0x044, 1);
+        wr(dev, 0x070, 1 | 2 | 8 | 4); // DRIVER_OK
+        rd(dev, 0x070)
+    };
+    // Descriptor table at 0x1000, far below RAM.
+    let status = program(&mut dev, 0x1000);
+    assert_eq!(
+        status & 0x40,
+        0x40,
+        "DEVICE_NEEDS_RESET, status {status:#x}"
+    );
+    assert_eq!(rd(&mut dev, 0x060) & 2, 2, "config-change interrupt");
+    assert!(dev.irq_level());
+    // The last byte of the table past the end of RAM: refused too.
+    let status = program(&mut dev, ram_base + (16 << 20) - 64);
+    assert_eq!(status & 0x40, 0x40, "ring crossing the end of RAM");
+    // After a reset, rings inside RAM start the queue.
+    let status = program(&mut dev, ram_base);
+    assert_eq!(status, 1 | 2 | 8 | 4, "queue starts with good addresses");
+    assert!(!dev.irq_level());
+    drop(dev);
+    daemon.stop();
+}
