@@ -40,6 +40,16 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// The space lines of `volume show` and `snapshot show`.
+pub fn usage_lines(u: &cowstore::SpaceUsage) -> String {
+    format!(
+        "  mapped     {}\n  exclusive  {}\n  shared     {}\n",
+        bytes(u.mapped_bytes),
+        bytes(u.exclusive_bytes),
+        bytes(u.shared_bytes)
+    )
+}
+
 /// A simple left-aligned table: first row is the header.
 pub fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);

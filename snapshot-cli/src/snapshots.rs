@@ -132,12 +132,7 @@ fn show(st: &cowstore::Store, name: &str, out: Output) -> Result<()> {
             info.extent_count
         );
         if let Some(u) = &usage {
-            s += &format!(
-                "  mapped     {}\n  exclusive  {}\n  shared     {}\n",
-                output::bytes(u.mapped_bytes),
-                output::bytes(u.exclusive_bytes),
-                output::bytes(u.shared_bytes)
-            );
+            s += &output::usage_lines(u);
         }
         s
     });
