@@ -111,6 +111,7 @@ pub struct Daemon {
     barrier: Mutex<Option<Barrier>>,
     next_barrier: Mutex<u64>,
     default_queues: u16,
+    cleaner: Mutex<Option<crate::cleaner::Cleaner>>,
 }
 
 /// A failed control request.
@@ -149,7 +150,16 @@ impl Daemon {
             barrier: Mutex::new(None),
             next_barrier: Mutex::new(1),
             default_queues: default_queues.max(1),
+            cleaner: Mutex::new(None),
         })
+    }
+
+    /// Starts the background segment cleaner (see [`crate::cleaner`]).
+    pub fn start_cleaner(&self, policy: crate::cleaner::CleanerPolicy) -> std::io::Result<()> {
+        let cleaner =
+            crate::cleaner::Cleaner::start(self.store.clone(), self.store.root(), policy)?;
+        *self.cleaner.lock() = cleaner;
+        Ok(())
     }
 
     pub fn attach(
@@ -403,7 +413,10 @@ impl Daemon {
             } => self.attach(&name, &socket, snapshot, queues),
             Command::Detach { name } => self.detach(&name),
             Command::List => Ok(self.list()),
-            Command::Stats { name } => Ok(json!({"stats": self.stats(name.as_deref())?})),
+            Command::Stats { name } => Ok(json!({
+                "stats": self.stats(name.as_deref())?,
+                "cleaner": self.cleaner.lock().as_ref().map(|c| c.stats()),
+            })),
             Command::CreateVolume { name, size_bytes } => {
                 self.store.create_volume(&name, size_bytes)?;
                 Ok(json!({"name": name, "size_bytes": size_bytes}))
@@ -478,6 +491,10 @@ impl Daemon {
 
     /// Stops every export and flushes every volume.
     pub fn stop_all(&self) {
+        // First, so no pass runs while exports flush and the store closes.
+        if let Some(mut cleaner) = self.cleaner.lock().take() {
+            cleaner.stop();
+        }
         let exports = std::mem::take(&mut *self.exports.lock());
         for (name, served) in exports {
             let export = served.export.clone();

@@ -8,8 +8,10 @@
 //! [`server`] runs one vhost-user socket per export, [`connection`] speaks
 //! the vhost-user protocol on it, [`inflight`] tracks taken-but-unfinished
 //! chains so a restarted daemon resubmits them; [`control`] is the daemon's
-//! control socket (attach, detach, stats, the snapshot barrier).
+//! control socket (attach, detach, stats, the snapshot barrier), and
+//! [`cleaner`] the background segment cleaner that gives space back.
 
+pub mod cleaner;
 pub mod connection;
 pub mod control;
 pub mod device;

@@ -4,7 +4,12 @@
 //! cowstored --store DIR --control SOCK [--queues N] [--log-json]
 //!           [--attach NAME=SOCKET]... [--attach-snapshot NAME=SOCKET]...
 //!           [--create NAME=SIZE_BYTES]...
+//!           [--gc-interval-ms MS] [--gc-growth-percent P]
+//!           [--gc-min-growth-bytes N] [--gc-low-free-percent P]
 //! ```
+//! The background cleaner (on unless `--gc-interval-ms 0`) runs a segment
+//! cleaner pass when the store grew by P% (and at least N bytes) since the
+//! last pass, or when its file system has less than P% free.
 //! Runs until SIGTERM or SIGINT, then stops every export, flushes every
 //! volume and closes the store. Logs go to stderr (`RUST_LOG` filters).
 
@@ -12,6 +17,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use tracing::info;
+use vhost_blk::cleaner::CleanerPolicy;
 use vhost_blk::Daemon;
 
 struct Args {
@@ -21,11 +27,13 @@ struct Args {
     log_json: bool,
     attach: Vec<(String, PathBuf, bool)>,
     create: Vec<(String, u64)>,
+    cleaner: CleanerPolicy,
 }
 
 fn usage() -> &'static str {
     "usage: cowstored --store DIR --control SOCK [--queues N] [--log-json] \
-     [--create NAME=SIZE_BYTES]... [--attach NAME=SOCKET]... [--attach-snapshot NAME=SOCKET]..."
+     [--create NAME=SIZE_BYTES]... [--attach NAME=SOCKET]... [--attach-snapshot NAME=SOCKET]... \
+     [--gc-interval-ms MS] [--gc-growth-percent P] [--gc-min-growth-bytes N] [--gc-low-free-percent P]"
 }
 
 fn parse_args() -> Result<Args> {
@@ -35,6 +43,7 @@ fn parse_args() -> Result<Args> {
     let mut log_json = false;
     let mut attach = Vec::new();
     let mut create = Vec::new();
+    let mut cleaner = CleanerPolicy::default();
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = || {
@@ -55,6 +64,23 @@ fn parse_args() -> Result<Args> {
                     a == "--attach-snapshot",
                 ));
             }
+            "--gc-interval-ms" => {
+                let ms: u64 = value()?.parse().context("--gc-interval-ms")?;
+                cleaner.interval = std::time::Duration::from_millis(ms);
+            }
+            "--gc-growth-percent" => {
+                cleaner.growth_percent = value()?.parse().context("--gc-growth-percent")?
+            }
+            "--gc-min-growth-bytes" => {
+                cleaner.min_growth_bytes = value()?.parse().context("--gc-min-growth-bytes")?
+            }
+            "--gc-low-free-percent" => {
+                let p: u64 = value()?.parse().context("--gc-low-free-percent")?;
+                if p > 100 {
+                    bail!("--gc-low-free-percent must be 0..=100, got {p}");
+                }
+                cleaner.low_free_percent = p;
+            }
             "--create" => {
                 let v = value()?;
                 let (name, size) = v.split_once('=').context("expected NAME=SIZE_BYTES")?;
@@ -74,6 +100,7 @@ fn parse_args() -> Result<Args> {
         log_json,
         attach,
         create,
+        cleaner,
     })
 }
 
@@ -149,6 +176,10 @@ fn main() -> Result<()> {
             .attach(name, sock, *snapshot, None)
             .with_context(|| format!("attaching {name}"))?;
     }
+    daemon
+        .start_cleaner(args.cleaner.clone())
+        .context("starting the segment cleaner")?;
+    info!(policy = ?args.cleaner, "segment cleaner");
     daemon
         .serve_control(&args.control)
         .with_context(|| format!("control socket {}", args.control.display()))?;

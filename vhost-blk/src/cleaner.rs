@@ -1,0 +1,337 @@
+//! The background segment cleaner of a served store.
+//!
+//! A log-structured store only gives space back when its cleaner runs: a
+//! volume a guest overwrites at speed otherwise grows its log until the file
+//! system is full (measured: a clone overwritten at ~600 MiB/s left 2.5 GiB
+//! of dead segments every ~10 s of load over a 256 MiB region). The control
+//! op `gc` runs one pass on demand; this thread runs passes on its own when
+//! the store has grown by a set fraction since the last pass, or when the
+//! file system holding the store runs low on free space.
+//!
+//! A pass checkpoints every volume and rewrites maps under the engine's
+//! relocation lock, so it is not free: the growth rule keeps passes in
+//! proportion to the writes that made garbage, and the interval bounds how
+//! often the thread even looks. Passes and the control op serialize on the
+//! engine's admin lock.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use serde::Serialize;
+use tracing::{info, warn};
+
+/// When the cleaner runs a pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CleanerPolicy {
+    /// How often the thread checks the store; zero disables the thread.
+    pub interval: Duration,
+    /// Run when the store's segment bytes exceed those after the last pass
+    /// by this percentage...
+    pub growth_percent: u64,
+    /// ...and by at least this many bytes (small stores are not cleaned for
+    /// every few megabytes).
+    pub min_growth_bytes: u64,
+    /// Run regardless of growth when the file system holding the store has
+    /// less than this percentage free.
+    pub low_free_percent: u64,
+}
+
+impl Default for CleanerPolicy {
+    fn default() -> Self {
+        CleanerPolicy {
+            interval: Duration::from_secs(10),
+            growth_percent: 50,
+            min_growth_bytes: 1 << 30,
+            low_free_percent: 10,
+        }
+    }
+}
+
+/// Why a pass runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    Growth,
+    LowFreeSpace,
+}
+
+/// What the policy sees at one check.
+#[derive(Clone, Copy, Debug)]
+pub struct Observation {
+    /// Segment bytes on disk now.
+    pub disk_bytes: u64,
+    /// Segment bytes right after the last pass (or at start).
+    pub baseline_bytes: u64,
+    /// Free space of the store's file system, in percent (None: unknown).
+    pub free_percent: Option<u64>,
+}
+
+impl CleanerPolicy {
+    /// Decides whether a pass runs now. Pure, so the rule is unit-tested.
+    pub fn decide(&self, seen: &Observation) -> Option<Trigger> {
+        if seen.free_percent.is_some_and(|p| p < self.low_free_percent) {
+            return Some(Trigger::LowFreeSpace);
+        }
+        let by_percent = seen.baseline_bytes.saturating_mul(self.growth_percent) / 100;
+        let threshold = seen
+            .baseline_bytes
+            .saturating_add(by_percent.max(self.min_growth_bytes));
+        (seen.disk_bytes > threshold).then_some(Trigger::Growth)
+    }
+}
+
+/// Counters the control op `stats` reports.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CleanerStats {
+    pub passes: u64,
+    pub passes_low_free_space: u64,
+    pub bytes_freed: u64,
+    pub bytes_relocated: u64,
+    pub segments_deleted: u64,
+    pub failed_passes: u64,
+    pub last_error: Option<String>,
+    pub last_pass_ms: Option<u64>,
+    /// Segments kept because a live record failed verification (latest pass).
+    pub corrupt: Vec<String>,
+}
+
+/// The running cleaner thread; stopping it waits for a pass in progress.
+pub struct Cleaner {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Shared {
+    stop: Mutex<bool>,
+    wake: Condvar,
+    stats: Mutex<CleanerStats>,
+}
+
+impl Cleaner {
+    /// Starts the thread, or returns `None` when the policy disables it.
+    pub fn start(
+        store: Arc<cowstore::Store>,
+        store_dir: &Path,
+        policy: CleanerPolicy,
+    ) -> std::io::Result<Option<Cleaner>> {
+        if policy.interval.is_zero() {
+            return Ok(None);
+        }
+        let shared = Arc::new(Shared {
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+            stats: Mutex::new(CleanerStats::default()),
+        });
+        let thread = {
+            let shared = shared.clone();
+            let dir = store_dir.to_path_buf();
+            std::thread::Builder::new()
+                .name("cowstored-cleaner".into())
+                .spawn(move || run(&store, &dir, &policy, &shared))?
+        };
+        Ok(Some(Cleaner {
+            shared,
+            thread: Some(thread),
+        }))
+    }
+
+    pub fn stats(&self) -> CleanerStats {
+        self.shared.stats.lock().clone()
+    }
+
+    /// Stops the thread after the pass in progress, if any.
+    pub fn stop(&mut self) {
+        *self.shared.stop.lock() = true;
+        self.shared.wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Cleaner {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run(store: &cowstore::Store, dir: &Path, policy: &CleanerPolicy, shared: &Shared) {
+    let mut baseline_bytes = store.disk_bytes();
+    loop {
+        {
+            let mut stop = shared.stop.lock();
+            if !*stop {
+                shared.wake.wait_for(&mut stop, policy.interval);
+            }
+            if *stop {
+                return;
+            }
+        }
+        let seen = Observation {
+            disk_bytes: store.disk_bytes(),
+            baseline_bytes,
+            free_percent: free_percent(dir),
+        };
+        let Some(trigger) = policy.decide(&seen) else {
+            // Space given back by deletions (volumes, snapshots) lowers the
+            // baseline, so growth is measured from the smallest size seen.
+            baseline_bytes = baseline_bytes.min(seen.disk_bytes);
+            continue;
+        };
+        let started = Instant::now();
+        let result = store.gc();
+        let took_ms = started.elapsed().as_millis() as u64;
+        let after_bytes = store.disk_bytes();
+        let mut stats = shared.stats.lock();
+        stats.last_pass_ms = Some(took_ms);
+        match result {
+            Ok(r) => {
+                stats.passes += 1;
+                if trigger == Trigger::LowFreeSpace {
+                    stats.passes_low_free_space += 1;
+                }
+                stats.bytes_freed += r.bytes_freed;
+                stats.bytes_relocated += r.bytes_relocated;
+                stats.segments_deleted += r.segments_deleted as u64;
+                stats.last_error = None;
+                if !r.corrupt.is_empty() {
+                    warn!(segments = ?r.corrupt, "cleaner kept segments with corrupt live records");
+                }
+                stats.corrupt = r.corrupt;
+                info!(
+                    trigger = ?trigger,
+                    disk_bytes_before = seen.disk_bytes,
+                    disk_bytes_after = after_bytes,
+                    bytes_freed = r.bytes_freed,
+                    bytes_relocated = r.bytes_relocated,
+                    took_ms,
+                    "cleaner pass"
+                );
+            }
+            Err(e) => {
+                stats.failed_passes += 1;
+                stats.last_error = Some(e.to_string());
+                warn!(trigger = ?trigger, error = %e, "cleaner pass failed");
+            }
+        }
+        // Measured from what the pass left, so a store whose data is all
+        // live does not trigger a pass at every check.
+        baseline_bytes = after_bytes;
+    }
+}
+
+/// Free space of the file system holding `dir`, in percent of its size.
+fn free_percent(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is plain data, zero is a valid bit pattern for it; the
+    // call only writes into it and reads the NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a valid C string and `st` a valid out pointer.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let total = st.f_blocks;
+    let avail = st.f_bavail;
+    (total > 0).then(|| avail.saturating_mul(100) / total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn seen(disk: u64, base: u64, free: Option<u64>) -> Observation {
+        Observation {
+            disk_bytes: disk,
+            baseline_bytes: base,
+            free_percent: free,
+        }
+    }
+
+    #[test]
+    fn policy_runs_on_growth_or_low_free_space_only() {
+        let p = CleanerPolicy {
+            interval: Duration::from_secs(1),
+            growth_percent: 50,
+            min_growth_bytes: 100 * MIB,
+            low_free_percent: 10,
+        };
+        // Small store: the absolute floor applies.
+        assert_eq!(
+            p.decide(&seen(150 * MIB, 10 * MIB, Some(50))),
+            Some(Trigger::Growth)
+        );
+        assert_eq!(p.decide(&seen(100 * MIB, 10 * MIB, Some(50))), None);
+        // Large store: the percentage applies.
+        assert_eq!(p.decide(&seen(1400 * MIB, 1000 * MIB, Some(50))), None);
+        assert_eq!(
+            p.decide(&seen(1600 * MIB, 1000 * MIB, Some(50))),
+            Some(Trigger::Growth)
+        );
+        // Low free space wins over everything, unknown free space never does.
+        assert_eq!(
+            p.decide(&seen(0, 1000 * MIB, Some(9))),
+            Some(Trigger::LowFreeSpace)
+        );
+        assert_eq!(p.decide(&seen(1000 * MIB, 1000 * MIB, None)), None);
+        // No overflow at the top of the range.
+        assert_eq!(p.decide(&seen(u64::MAX, u64::MAX, None)), None);
+    }
+
+    #[test]
+    fn cleaner_thread_frees_overwritten_segments_and_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = cowstore::StoreConfig {
+            segment_bytes: 1 << 20,
+            ..Default::default()
+        };
+        let store = Arc::new(cowstore::Store::open_or_create(dir.path(), config).unwrap());
+        let vol = store.create_volume("v", 4 * MIB).unwrap();
+        let mut cleaner = Cleaner::start(
+            store.clone(),
+            dir.path(),
+            CleanerPolicy {
+                interval: Duration::from_millis(20),
+                growth_percent: 50,
+                min_growth_bytes: 4 * MIB,
+                low_free_percent: 0,
+            },
+        )
+        .unwrap()
+        .expect("enabled");
+        // Overwrite the same 1 MiB 32 times with data that does not compress:
+        // 32 MiB of log for 1 MiB of live data.
+        let mut data = vec![0u8; MIB as usize];
+        for round in 0..32u64 {
+            let mut x = round.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            for b in data.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            futures::executor::block_on(vol.write(0, &data)).unwrap();
+            futures::executor::block_on(vol.flush()).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while cleaner.stats().passes == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let stats = cleaner.stats();
+        assert!(stats.passes >= 1, "no pass ran: {stats:?}");
+        assert!(stats.bytes_freed > 0, "{stats:?}");
+        assert!(stats.last_error.is_none(), "{stats:?}");
+        cleaner.stop();
+        assert!(
+            store.disk_bytes() < 16 * MIB,
+            "store still holds {} bytes",
+            store.disk_bytes()
+        );
+        // The data survived the relocations.
+        let back = futures::executor::block_on(vol.read(0, MIB)).unwrap();
+        assert_eq!(back, data);
+    }
+}
