@@ -707,6 +707,136 @@ pub(crate) fn check_size(size_bytes: u64) -> Result<()> {
     Ok(())
 }
 
+/// What one mapped piece of a read fetched from its record.
+enum Fetched {
+    /// The whole stored payload (checked against the record's crc32c).
+    Whole(Vec<u8>),
+    /// Blocks `first_block..` of a record with block checksums: their data
+    /// and their entries of the checksum table.
+    Blocks {
+        first_block: usize,
+        data: Vec<u8>,
+        table: Vec<u8>,
+    },
+}
+
+/// The blocks `[first, end)` a piece needs from its record, when the record
+/// has block checksums and the piece needs fewer than all of them.
+fn partial_blocks(e: &Extent) -> Option<(usize, usize)> {
+    if e.flags & record::FLAG_BLOCK_CRCS == 0 || e.flags & record::FLAG_COMPRESSED != 0 {
+        return None;
+    }
+    let record_bytes = usize::from(e.record_sectors) * SECTOR_BYTES as usize;
+    let first_byte = usize::from(e.skip_sectors) * SECTOR_BYTES as usize;
+    let end_byte = first_byte + e.len_sectors as usize * SECTOR_BYTES as usize;
+    let first = first_byte / record::CHECK_BLOCK_BYTES;
+    let end = end_byte.div_ceil(record::CHECK_BLOCK_BYTES);
+    let all = record_bytes.div_ceil(record::CHECK_BLOCK_BYTES);
+    (end <= all && end - first < all).then_some((first, end))
+}
+
+/// Reads `len` bytes at `offset` of the payload of the record at `e`.
+async fn fetch_range(
+    store: &Arc<StoreInner>,
+    name: &str,
+    piece_lba: u64,
+    e: &Extent,
+    source: &Source,
+    offset: usize,
+    len: usize,
+) -> Result<Vec<u8>> {
+    let payload_at = u64::from(e.record_offset) + RECORD_HEADER_BYTES as u64;
+    match source {
+        Source::Pending(buf, at) => {
+            let start = at + RECORD_HEADER_BYTES + offset;
+            Ok(buf[start..start + len].to_vec())
+        }
+        Source::Segment(seg) => store
+            .io
+            .read_at(seg, payload_at + offset as u64, len)
+            .await
+            .map_err(|err| Error::CorruptExtent {
+                volume: name.to_string(),
+                offset_bytes: piece_lba * SECTOR_BYTES,
+                segment_id: e.segment_id,
+                segment_offset: payload_at + offset as u64,
+                why: format!("cannot read stored payload: {err}"),
+            }),
+        Source::Remote(id) => {
+            store
+                .read_remote(*id, payload_at + offset as u64, len)
+                .await
+        }
+    }
+}
+
+/// Fetches what a piece needs of its record: the blocks it covers (with
+/// their checksums) when the record has block checksums, else the payload.
+async fn fetch_piece(
+    store: &Arc<StoreInner>,
+    name: &str,
+    piece_lba: u64,
+    e: &Extent,
+    source: &Source,
+) -> Result<Fetched> {
+    let Some((first, end)) = partial_blocks(e) else {
+        let payload =
+            fetch_range(store, name, piece_lba, e, source, 0, e.stored_len as usize).await?;
+        return Ok(Fetched::Whole(payload));
+    };
+    let block = record::CHECK_BLOCK_BYTES;
+    let record_bytes = usize::from(e.record_sectors) * SECTOR_BYTES as usize;
+    let data_start = first * block;
+    let data_end = (end * block).min(record_bytes);
+    let table_start = record_bytes + 4 * first;
+    let table_end = record_bytes + 4 * end;
+    // One read when the gap between the blocks and their table entries is
+    // at most a block (the page is read anyway), two concurrent ones else.
+    let (data, table) = if table_start - data_end <= block {
+        let mut bytes = fetch_range(
+            store,
+            name,
+            piece_lba,
+            e,
+            source,
+            data_start,
+            table_end - data_start,
+        )
+        .await?;
+        let table = bytes[table_start - data_start..].to_vec();
+        bytes.truncate(data_end - data_start);
+        (bytes, table)
+    } else {
+        let (data, table) = futures::future::join(
+            fetch_range(
+                store,
+                name,
+                piece_lba,
+                e,
+                source,
+                data_start,
+                data_end - data_start,
+            ),
+            fetch_range(
+                store,
+                name,
+                piece_lba,
+                e,
+                source,
+                table_start,
+                table_end - table_start,
+            ),
+        )
+        .await;
+        (data?, table?)
+    };
+    Ok(Fetched::Blocks {
+        first_block: first,
+        data,
+        table,
+    })
+}
+
 /// Fetches, verifies and decodes the mapped pieces of a read into `out`
 /// (which starts at sector `first_lba`); holes become zeroes.
 pub(crate) async fn read_pieces(
@@ -720,66 +850,73 @@ pub(crate) async fn read_pieces(
         let (Some(e), Some(source)) = (&p.extent, source) else {
             return Ok(None);
         };
-        let payload_at = u64::from(e.record_offset) + RECORD_HEADER_BYTES as u64;
-        let payload: Vec<u8> = match source {
-            Source::Pending(buf, at) => {
-                let start = at + RECORD_HEADER_BYTES;
-                buf[start..start + e.stored_len as usize].to_vec()
-            }
-            Source::Segment(seg) => store
-                .io
-                .read_at(seg, payload_at, e.stored_len as usize)
-                .await
-                .map_err(|err| Error::CorruptExtent {
-                    volume: name.to_string(),
-                    offset_bytes: p.lba * SECTOR_BYTES,
-                    segment_id: e.segment_id,
-                    segment_offset: payload_at,
-                    why: format!("cannot read stored payload: {err}"),
-                })?,
-            Source::Remote(id) => {
-                store
-                    .read_remote(*id, payload_at, e.stored_len as usize)
-                    .await?
-            }
-        };
-        Ok::<_, Error>(Some(payload))
+        fetch_piece(store, name, p.lba, e, source).await.map(Some)
     });
-    let payloads = futures::future::join_all(fetches).await;
-    for ((piece, _), payload) in plan.iter().zip(payloads) {
+    let fetched = futures::future::join_all(fetches).await;
+    for ((piece, _), fetched) in plan.iter().zip(fetched) {
         let dst_start = ((piece.lba - first_lba) * SECTOR_BYTES) as usize;
         let dst = &mut out[dst_start..dst_start + (piece.len_sectors * SECTOR_BYTES) as usize];
-        let (Some(e), Some(payload)) = (&piece.extent, payload?) else {
+        let (Some(e), Some(fetched)) = (&piece.extent, fetched?) else {
             dst.fill(0);
             continue;
         };
-        let found = crc32c::crc32c(&payload);
-        let segment_offset = u64::from(e.record_offset) + RECORD_HEADER_BYTES as u64;
-        if found != e.payload_crc {
-            return Err(Error::Checksum {
-                volume: name.to_string(),
-                offset_bytes: piece.lba * SECTOR_BYTES,
-                segment_id: e.segment_id,
-                segment_offset,
-                expected: e.payload_crc,
-                found,
-            });
-        }
-        let record_bytes = usize::from(e.record_sectors) * SECTOR_BYTES as usize;
+        let payload_at = u64::from(e.record_offset) + RECORD_HEADER_BYTES as u64;
         let skip = usize::from(e.skip_sectors) * SECTOR_BYTES as usize;
-        if e.flags & record::FLAG_COMPRESSED == 0 {
-            dst.copy_from_slice(&payload[skip..skip + dst.len()]);
-        } else {
-            let data = record::decode_data(e.flags, &payload, record_bytes).map_err(|why| {
-                Error::CorruptExtent {
-                    volume: name.to_string(),
-                    offset_bytes: piece.lba * SECTOR_BYTES,
-                    segment_id: e.segment_id,
-                    segment_offset,
-                    why,
+        let corrupt = |why: String| Error::CorruptExtent {
+            volume: name.to_string(),
+            offset_bytes: piece.lba * SECTOR_BYTES,
+            segment_id: e.segment_id,
+            segment_offset: payload_at,
+            why,
+        };
+        match fetched {
+            Fetched::Blocks {
+                first_block,
+                data,
+                table,
+            } => {
+                let block = record::CHECK_BLOCK_BYTES;
+                for (i, (bytes, entry)) in data.chunks(block).zip(table.chunks_exact(4)).enumerate()
+                {
+                    let expected = u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]);
+                    let found = crc32c::crc32c(bytes);
+                    if found != expected {
+                        return Err(Error::Checksum {
+                            volume: name.to_string(),
+                            offset_bytes: piece.lba * SECTOR_BYTES,
+                            segment_id: e.segment_id,
+                            segment_offset: payload_at + ((first_block + i) * block) as u64,
+                            expected,
+                            found,
+                        });
+                    }
                 }
-            })?;
-            dst.copy_from_slice(&data[skip..skip + dst.len()]);
+                let from = skip - first_block * block;
+                dst.copy_from_slice(&data[from..from + dst.len()]);
+            }
+            Fetched::Whole(payload) => {
+                let found = crc32c::crc32c(&payload);
+                if found != e.payload_crc {
+                    return Err(Error::Checksum {
+                        volume: name.to_string(),
+                        offset_bytes: piece.lba * SECTOR_BYTES,
+                        segment_id: e.segment_id,
+                        segment_offset: payload_at,
+                        expected: e.payload_crc,
+                        found,
+                    });
+                }
+                let record_bytes = usize::from(e.record_sectors) * SECTOR_BYTES as usize;
+                if e.flags & record::FLAG_COMPRESSED == 0 {
+                    let data =
+                        record::raw_data(e.flags, &payload, record_bytes).map_err(corrupt)?;
+                    dst.copy_from_slice(&data[skip..skip + dst.len()]);
+                } else {
+                    let data =
+                        record::decode_data(e.flags, &payload, record_bytes).map_err(corrupt)?;
+                    dst.copy_from_slice(&data[skip..skip + dst.len()]);
+                }
+            }
         }
     }
     Ok(())

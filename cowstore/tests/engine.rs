@@ -80,6 +80,77 @@ fn checksum_mismatch_is_an_error_naming_volume_address_and_segment() {
     assert_eq!(block_on(v.read(0, 4096)).unwrap(), vec![0; 4096]);
 }
 
+/// A 64 KiB record carries a checksum per 4 KiB block: a read of a few
+/// blocks fetches and checks only those, so a flipped byte fails exactly the
+/// reads that cover its block (with the block's address), and the whole
+/// record still fails the record checksum.
+#[test]
+fn block_checksums_localise_corruption_to_the_reads_that_cover_it() {
+    let (dir, store) = new_store();
+    let v = store.create_volume("disk", 1 << 20).unwrap();
+    let data = pattern(7, 64 << 10);
+    block_on(v.write(0, &data)).unwrap();
+    // Partial reads of the pending record and then of the segment agree.
+    for (off, len) in [
+        (0usize, 4096usize),
+        (4096 * 3 + 512, 1024),
+        (61440, 4096),
+        (512, 65024),
+    ] {
+        let got = block_on(v.read(off as u64, len as u64)).unwrap();
+        assert_eq!(got, data[off..off + len], "pending {off}+{len}");
+    }
+    block_on(v.flush()).unwrap();
+    drop(v);
+    store.close().unwrap();
+    // Flip one byte of block 5 (bytes 20480..24576) of the record.
+    let bad_byte = 5 * 4096 + 77;
+    let mut hit = 0;
+    for entry in std::fs::read_dir(dir.path().join("s/segments")).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = 64 + 56 + bad_byte;
+        if bytes.len() >= 64 + 56 + (64 << 10) && bytes[at] == data[bad_byte] {
+            bytes[at] ^= 0x10;
+            std::fs::write(&path, bytes).unwrap();
+            hit += 1;
+        }
+    }
+    assert_eq!(hit, 1, "exactly one segment holds the record");
+    let store = Store::open(dir.path().join("s"), config(IoBackendChoice::Auto)).unwrap();
+    let v = store.volume("disk").unwrap();
+    // Blocks beside the bad one read, even within the same record.
+    for (off, len) in [
+        (0usize, 4096usize),
+        (4 * 4096, 4096),
+        (6 * 4096, 8192),
+        (61440, 4096),
+    ] {
+        let got = block_on(v.read(off as u64, len as u64)).unwrap();
+        assert_eq!(got, data[off..off + len], "clean {off}+{len}");
+    }
+    // Every read that covers the bad byte fails with a checksum error.
+    for (off, len) in [
+        (5 * 4096usize, 4096usize),
+        (5 * 4096 + 512, 512),
+        (4 * 4096, 8192),
+    ] {
+        match block_on(v.read(off as u64, len as u64)) {
+            Err(Error::Checksum { segment_offset, .. }) => {
+                assert_eq!(segment_offset, 64 + 56 + 5 * 4096, "{off}+{len}");
+            }
+            other => panic!("{off}+{len}: expected a checksum error, got {other:?}"),
+        }
+    }
+    match block_on(v.read(0, 64 << 10)) {
+        Err(Error::Checksum { .. }) => {}
+        other => panic!("whole record: expected a checksum error, got {other:?}"),
+    }
+    // verify reports the record.
+    let report = block_on(store.verify("disk", |_| {})).unwrap();
+    assert_eq!(report.errors.len(), 1, "{report:?}");
+}
+
 #[test]
 fn limits_are_enforced_with_clear_errors() {
     let (_dir, store) = new_store();

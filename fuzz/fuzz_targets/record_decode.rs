@@ -14,8 +14,8 @@
 
 use cowstore::limits::{MAX_RECORD_DATA_BYTES, SECTOR_BYTES};
 use cowstore::record::{
-    decode_data, RecordHeader, RecordKind, FLAG_COMPRESSED, FLAG_CONTINUED, MAX_PAYLOAD_BYTES,
-    RECORD_HEADER_BYTES, RECORD_MAGIC,
+    decode_data, RecordHeader, RecordKind, FLAG_BLOCK_CRCS, FLAG_COMPRESSED, FLAG_CONTINUED,
+    KNOWN_FLAGS, MAX_PAYLOAD_BYTES, RECORD_HEADER_BYTES, RECORD_MAGIC,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -76,8 +76,8 @@ fuzz_target!(|data: &[u8]| {
         "stored_len {stored} past the bound"
     );
     assert_eq!(header.total_bytes(), (RECORD_HEADER_BYTES + stored) as u64);
-    assert!(header.flags & !(FLAG_COMPRESSED | FLAG_CONTINUED) == 0);
-    if header.is_compressed() {
+    assert!(header.flags & !KNOWN_FLAGS == 0);
+    if header.is_compressed() || header.flags & FLAG_BLOCK_CRCS != 0 {
         assert_eq!(header.kind, RecordKind::Write);
     }
     if header.flags & FLAG_CONTINUED != 0 {

@@ -21,7 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use cowstore::record::{
-    decode_data, RecordKind, FLAG_COMPRESSED, MAX_PAYLOAD_BYTES, RECORD_HEADER_BYTES, RECORD_MAGIC,
+    decode_data, RecordKind, FLAG_BLOCK_CRCS, FLAG_COMPRESSED, MAX_PAYLOAD_BYTES,
+    RECORD_HEADER_BYTES, RECORD_MAGIC,
 };
 use cowstore::segment::{
     segment_path, ScanStep, SegmentFile, SegmentHeader, SegmentKind, SEGMENT_HEADER_BYTES,
@@ -171,7 +172,9 @@ fuzz_target!(|data: &[u8]| {
         );
         if h.kind == RecordKind::Write {
             let want = h.len_sectors as usize * 512;
-            if let Ok(out) = decode_data(h.flags & FLAG_COMPRESSED, payload, want) {
+            if let Ok(out) =
+                decode_data(h.flags & (FLAG_COMPRESSED | FLAG_BLOCK_CRCS), payload, want)
+            {
                 assert_eq!(out.len(), want);
             }
         }
