@@ -7,6 +7,15 @@
 //! disabled by seccomp or sysctl, or not compiled in the kernel) the blocking
 //! backend performs the same call inline: the future is ready when it
 //! returns, which keeps page-cache-speed I/O cheap and still correct.
+//!
+//! Writes are inline with either backend. They are buffered appends to the
+//! log, i.e. a copy into the page cache: done in the calling thread that is a
+//! memcpy, while through the ring it cost a hop to the ring thread, and
+//! io_uring punts a buffered write that extends a file to its io-wq workers,
+//! which serialize writes to one inode. Measured on the vhost-blk path (same
+//! run, fresh volume, alternating): 128 KiB writes at depth 8 1.3-1.6x and
+//! 4 KiB random writes at depth 32 1.7-1.8x faster inline. Reads, which may
+//! wait for the disk, and fdatasync stay on the ring so that many run at once.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -73,18 +82,11 @@ impl SegmentIo {
         buf: Arc<Vec<u8>>,
         range: std::ops::Range<usize>,
     ) -> io::Result<()> {
-        match self {
-            SegmentIo::Blocking => file.file.write_all_at(&buf[range], offset),
-            SegmentIo::Uring(u) => {
-                let op = OpKind::Write {
-                    buf,
-                    start: range.start,
-                    end: range.end,
-                    done: 0,
-                };
-                u.run(file, offset, op).await.map(drop)
-            }
-        }
+        // Inline for both backends: see the module docs.
+        let bytes = buf
+            .get(range)
+            .ok_or_else(|| io::Error::other("write range outside its buffer"))?;
+        file.file.write_all_at(bytes, offset)
     }
 
     pub async fn read_at(
@@ -121,16 +123,7 @@ impl SegmentIo {
 }
 
 enum OpKind {
-    Write {
-        buf: Arc<Vec<u8>>,
-        start: usize,
-        end: usize,
-        done: usize,
-    },
-    Read {
-        buf: Vec<u8>,
-        done: usize,
-    },
+    Read { buf: Vec<u8>, done: usize },
     Fsync,
 }
 
@@ -309,18 +302,6 @@ fn ring_thread(
 fn prepare(op: &Op, token: u64) -> io_uring::squeue::Entry {
     let fd = types::Fd(op.file.file.as_raw_fd());
     match &op.kind {
-        OpKind::Write {
-            buf,
-            start,
-            end,
-            done,
-        } => {
-            let rest = &buf[*start + *done..*end];
-            opcode::Write::new(fd, rest.as_ptr(), rest.len() as u32)
-                .offset(op.offset + *done as u64)
-                .build()
-                .user_data(token)
-        }
         OpKind::Read { buf, done } => {
             let rest = &buf[*done..];
             opcode::Read::new(fd, rest.as_ptr() as *mut u8, rest.len() as u32)
@@ -349,20 +330,6 @@ fn complete(mut op: Op, res: i32) -> Option<Op> {
     let n = res as usize;
     match &mut op.kind {
         OpKind::Fsync => {
-            let _ = op.reply.send(Ok(None));
-            None
-        }
-        OpKind::Write {
-            start, end, done, ..
-        } => {
-            *done += n;
-            if *done < *end - *start {
-                if n == 0 {
-                    let _ = op.reply.send(Err(io::ErrorKind::WriteZero.into()));
-                    return None;
-                }
-                return Some(op);
-            }
             let _ = op.reply.send(Ok(None));
             None
         }
