@@ -167,6 +167,16 @@ fn mutates(descs: &[Descriptor], mem: &GuestMem) -> bool {
     )
 }
 
+/// How a pass over a ring ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pass {
+    /// No available chain was left.
+    Drained,
+    /// The ring may not be served now (connection ended, ring stopped, no
+    /// guest memory); chains may still be waiting in it.
+    Refused,
+}
+
 /// Inflight tracking state of one queue (see [`crate::inflight`]).
 #[derive(Default)]
 struct Track {
@@ -323,13 +333,18 @@ impl BlkBackend {
     /// meanwhile (the classic EVENT_IDX race).
     pub fn serve(&self, queue: u16, vring: &VringRwLock) -> io::Result<()> {
         if !self.event_idx.load(Ordering::Relaxed) {
-            return self.process_queue(queue, vring);
+            return self.process_queue(queue, vring).map(drop);
         }
         loop {
             vring
                 .disable_notification()
                 .map_err(|e| io::Error::other(e.to_string()))?;
-            self.process_queue(queue, vring)?;
+            if self.process_queue(queue, vring)? == Pass::Refused {
+                // The chains left in the ring stay there: asking the ring
+                // for "more" again would spin on them forever (it did, at
+                // SIGTERM under load: the worker never saw its exit event).
+                return Ok(());
+            }
             let more = vring
                 .enable_notification()
                 .map_err(|e| io::Error::other(e.to_string()))?;
@@ -409,10 +424,12 @@ impl BlkBackend {
         self.notify(vring)
     }
 
-    /// Serves one ring until it has no more available chains.
-    fn process_queue(&self, queue: u16, vring: &VringRwLock) -> io::Result<()> {
+    /// Serves one ring until it has no more available chains (`Drained`),
+    /// or until it may not be served: the connection ended, the ring
+    /// stopped or has no memory (`Refused`).
+    fn process_queue(&self, queue: u16, vring: &VringRwLock) -> io::Result<Pass> {
         let Some(atomic) = self.mem.read().clone() else {
-            return Ok(());
+            return Ok(Pass::Refused);
         };
         let track = self
             .tracks
@@ -429,22 +446,22 @@ impl BlkBackend {
         let ready = || vring.get_ref().get_queue().ready();
         if !resubmit.is_empty() {
             let Some(_batch) = self.admit() else {
-                return Ok(());
+                return Ok(Pass::Refused);
             };
             let _busy = busy.lock();
             if !ready() {
-                return Ok(());
+                return Ok(Pass::Refused);
             }
             let guard = atomic.memory();
             self.resubmit(vring, inflight.as_ref(), resubmit, &guard)?;
         }
         loop {
             let Some(_batch) = self.admit() else {
-                return Ok(());
+                return Ok(Pass::Refused);
             };
             let _busy = busy.lock();
             if !ready() {
-                return Ok(());
+                return Ok(Pass::Refused);
             }
             let guard = atomic.memory();
             let mem: &GuestMem = &guard;
@@ -457,7 +474,7 @@ impl BlkBackend {
                 iter.collect()
             };
             if chains.is_empty() {
-                return Ok(());
+                return Ok(Pass::Drained);
             }
             // Every chain is marked in flight before any of them runs: a
             // crash from here on resubmits exactly the unfinished ones.
@@ -801,6 +818,57 @@ mod tests {
             );
         });
         assert!(backend.admit().is_none());
+    }
+
+    /// With EVENT_IDX, a stopped connection's worker leaves `serve` although
+    /// chains wait in the ring (it once asked the ring for "more" forever,
+    /// so cowstored never exited on SIGTERM under load).
+    #[test]
+    fn stopped_connection_leaves_serve_with_chains_in_the_ring() {
+        use virtio_queue::mock::MockSplitQueue;
+
+        let (_dir, backend, _) = setup();
+        let mem = GuestMem::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+        let vq = MockSplitQueue::new(&mem, 16);
+        let mut descs = Vec::new();
+        for k in 0..2u16 {
+            descs.extend(write_chain(
+                &mem,
+                3 * k,
+                u64::from(k),
+                8 * u64::from(k),
+                0x5a,
+            ));
+        }
+        vq.add_desc_chains(&descs, 0).unwrap();
+        let atomic = GuestMemoryAtomic::new(mem.clone());
+        backend.update_memory(atomic.clone());
+        let vring = VringRwLock::new(atomic, 16).unwrap();
+        vring.set_queue_size(16);
+        vring
+            .set_queue_info(vq.desc_table_addr().0, vq.avail_addr().0, vq.used_addr().0)
+            .unwrap();
+        vring.set_queue_event_idx(true);
+        vring.set_queue_ready(true);
+        vring.set_enabled(true);
+        backend.set_event_idx(true);
+        backend.stop_workers();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let r = backend.serve(0, &vring);
+                let _ = tx.send(r.is_ok());
+            });
+            let returned = rx.recv_timeout(std::time::Duration::from_secs(10));
+            if returned.is_err() {
+                // Let the spinning worker go so the test can end and fail:
+                // an empty ring gives it no "more".
+                vq.avail().idx().store(0);
+            }
+            assert_eq!(returned, Ok(true), "serve did not return after the stop");
+        });
+        // Nothing ran: the chains are still available, the used ring empty.
+        assert_eq!(vq.used().idx().load(), 0);
     }
 
     /// A chain of 3 descriptors at table index `at`: OUT of 4 KiB of
