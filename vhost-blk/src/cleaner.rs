@@ -12,7 +12,8 @@
 //! relocation lock, so it is not free: the growth rule keeps passes in
 //! proportion to the writes that made garbage, and the interval bounds how
 //! often the thread even looks. Passes and the control op serialize on the
-//! engine's admin lock.
+//! engine's admin lock. No pass starts while the daemon holds a snapshot
+//! barrier (guests paused): the pause must stay as short as the drain.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -96,6 +97,9 @@ pub struct CleanerStats {
     pub corrupt: Vec<String>,
 }
 
+/// Says whether a pass may start now (false while guests are paused).
+pub type MayRun = Box<dyn Fn() -> bool + Send>;
+
 /// The running cleaner thread; stopping it waits for a pass in progress.
 pub struct Cleaner {
     shared: Arc<Shared>,
@@ -114,6 +118,7 @@ impl Cleaner {
         store: Arc<cowstore::Store>,
         store_dir: &Path,
         policy: CleanerPolicy,
+        may_run: MayRun,
     ) -> std::io::Result<Option<Cleaner>> {
         if policy.interval.is_zero() {
             return Ok(None);
@@ -128,7 +133,7 @@ impl Cleaner {
             let dir = store_dir.to_path_buf();
             std::thread::Builder::new()
                 .name("cowstored-cleaner".into())
-                .spawn(move || run(&store, &dir, &policy, &shared))?
+                .spawn(move || run(&store, &dir, &policy, &shared, &may_run))?
         };
         Ok(Some(Cleaner {
             shared,
@@ -156,7 +161,13 @@ impl Drop for Cleaner {
     }
 }
 
-fn run(store: &cowstore::Store, dir: &Path, policy: &CleanerPolicy, shared: &Shared) {
+fn run(
+    store: &cowstore::Store,
+    dir: &Path,
+    policy: &CleanerPolicy,
+    shared: &Shared,
+    may_run: &MayRun,
+) {
     let mut baseline_bytes = store.disk_bytes();
     loop {
         {
@@ -173,7 +184,8 @@ fn run(store: &cowstore::Store, dir: &Path, policy: &CleanerPolicy, shared: &Sha
             baseline_bytes,
             free_percent: free_percent(dir),
         };
-        let Some(trigger) = policy.decide(&seen) else {
+        let decision = policy.decide(&seen).filter(|_| may_run());
+        let Some(trigger) = decision else {
             // Space given back by deletions (volumes, snapshots) lowers the
             // baseline, so growth is measured from the smallest size seen.
             baseline_bytes = baseline_bytes.min(seen.disk_bytes);
@@ -299,6 +311,7 @@ mod tests {
                 min_growth_bytes: 4 * MIB,
                 low_free_percent: 0,
             },
+            Box::new(|| true),
         )
         .unwrap()
         .expect("enabled");

@@ -155,9 +155,16 @@ impl Daemon {
     }
 
     /// Starts the background segment cleaner (see [`crate::cleaner`]).
-    pub fn start_cleaner(&self, policy: crate::cleaner::CleanerPolicy) -> std::io::Result<()> {
+    pub fn start_cleaner(
+        self: &Arc<Self>,
+        policy: crate::cleaner::CleanerPolicy,
+    ) -> std::io::Result<()> {
+        // Weak: the cleaner thread must not keep the daemon alive.
+        let daemon = Arc::downgrade(self);
+        let may_run =
+            Box::new(move || daemon.upgrade().is_some_and(|d| d.barrier.lock().is_none()));
         let cleaner =
-            crate::cleaner::Cleaner::start(self.store.clone(), self.store.root(), policy)?;
+            crate::cleaner::Cleaner::start(self.store.clone(), self.store.root(), policy, may_run)?;
         *self.cleaner.lock() = cleaner;
         Ok(())
     }

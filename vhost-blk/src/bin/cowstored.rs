@@ -1,7 +1,7 @@
 //! cowstored: serves cowstore volumes over vhost-user-blk.
 //!
 //! ```text
-//! cowstored --store DIR --control SOCK [--queues N] [--log-json]
+//! cowstored --store DIR --control SOCK [--queues N] [--log-json] [--io auto|uring|blocking]
 //!           [--attach NAME=SOCKET]... [--attach-snapshot NAME=SOCKET]...
 //!           [--create NAME=SIZE_BYTES]...
 //!           [--gc-interval-ms MS] [--gc-growth-percent P]
@@ -28,10 +28,11 @@ struct Args {
     attach: Vec<(String, PathBuf, bool)>,
     create: Vec<(String, u64)>,
     cleaner: CleanerPolicy,
+    io_backend: cowstore::IoBackendChoice,
 }
 
 fn usage() -> &'static str {
-    "usage: cowstored --store DIR --control SOCK [--queues N] [--log-json] \
+    "usage: cowstored --store DIR --control SOCK [--queues N] [--log-json] [--io auto|uring|blocking] \
      [--create NAME=SIZE_BYTES]... [--attach NAME=SOCKET]... [--attach-snapshot NAME=SOCKET]... \
      [--gc-interval-ms MS] [--gc-growth-percent P] [--gc-min-growth-bytes N] [--gc-low-free-percent P]"
 }
@@ -44,6 +45,7 @@ fn parse_args() -> Result<Args> {
     let mut attach = Vec::new();
     let mut create = Vec::new();
     let mut cleaner = CleanerPolicy::default();
+    let mut io_backend = cowstore::IoBackendChoice::Auto;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = || {
@@ -63,6 +65,14 @@ fn parse_args() -> Result<Args> {
                     PathBuf::from(sock),
                     a == "--attach-snapshot",
                 ));
+            }
+            "--io" => {
+                io_backend = match value()?.as_str() {
+                    "auto" => cowstore::IoBackendChoice::Auto,
+                    "uring" => cowstore::IoBackendChoice::Uring,
+                    "blocking" => cowstore::IoBackendChoice::Blocking,
+                    other => bail!("--io takes auto, uring or blocking, not {other:?}"),
+                }
             }
             "--gc-interval-ms" => {
                 let ms: u64 = value()?.parse().context("--gc-interval-ms")?;
@@ -101,6 +111,7 @@ fn parse_args() -> Result<Args> {
         attach,
         create,
         cleaner,
+        io_backend,
     })
 }
 
@@ -159,7 +170,11 @@ fn main() -> Result<()> {
     }));
     let signals = block_signals()?;
 
-    let store = cowstore::Store::open_or_create(&args.store, cowstore::StoreConfig::default())
+    let config = cowstore::StoreConfig {
+        io_backend: args.io_backend,
+        ..Default::default()
+    };
+    let store = cowstore::Store::open_or_create(&args.store, config)
         .with_context(|| format!("opening store {}", args.store.display()))?;
     info!(store = %args.store.display(), io_backend = store.io_backend(), "store open");
     for (name, size) in &args.create {
