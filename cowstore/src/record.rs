@@ -130,10 +130,24 @@ pub const MAX_PAYLOAD_BYTES: usize = MAX_RECORD_DATA_BYTES + MAX_RECORD_DATA_BYT
 impl RecordHeader {
     /// Appends the header and `payload` to `out`. `self.stored_len` and
     /// `self.payload_crc` are computed here.
-    pub fn encode_with_payload(mut self, payload: &[u8], out: &mut Vec<u8>) {
-        debug_assert!(payload.len() <= MAX_PAYLOAD_BYTES);
-        self.stored_len = payload.len() as u32;
-        self.payload_crc = crc32c::crc32c(payload);
+    pub fn encode_with_payload(self, payload: &[u8], out: &mut Vec<u8>) {
+        self.encode_with_parts(crc32c::crc32c(payload), &[payload], out);
+    }
+
+    /// Appends the header and the payload made of `parts` (in order) to
+    /// `out`, given the crc32c of the whole payload: the write path knows it
+    /// from the block checksums and so never checksums the data twice.
+    pub fn encode_with_parts(mut self, payload_crc: u32, parts: &[&[u8]], out: &mut Vec<u8>) {
+        let stored: usize = parts.iter().map(|p| p.len()).sum();
+        debug_assert!(stored <= MAX_PAYLOAD_BYTES);
+        debug_assert_eq!(
+            parts.iter().fold(0, |c, p| crc32c::crc32c_append(c, p)),
+            payload_crc,
+            "payload crc given does not match the payload"
+        );
+        self.stored_len = stored as u32;
+        self.payload_crc = payload_crc;
+        out.reserve(RECORD_HEADER_BYTES + stored);
         let start = out.len();
         out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
         out.extend_from_slice(&[0; 4]);
@@ -149,7 +163,9 @@ impl RecordHeader {
         out.extend_from_slice(&self.aux.to_le_bytes());
         let crc = crc32c::crc32c(&out[start + 8..start + RECORD_HEADER_BYTES]);
         out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-        out.extend_from_slice(payload);
+        for part in parts {
+            out.extend_from_slice(part);
+        }
     }
 
     /// Decodes and verifies a header. Does not look at the payload.
@@ -242,10 +258,55 @@ impl RecordHeader {
     }
 }
 
-/// Encodes one chunk of guest data (at most [`MAX_RECORD_DATA_BYTES`]) as the
-/// payload to store: `None` when it is all zeroes (metadata only), otherwise
-/// `(flags, payload)` with lz4 compression when it saves at least 1/8.
-pub fn encode_data(data: &[u8]) -> Option<(u8, Vec<u8>)> {
+/// One chunk of guest data encoded as a record payload.
+#[derive(Debug)]
+pub enum Encoded<'a> {
+    /// An lz4 block (flag [`FLAG_COMPRESSED`]).
+    Compressed { bytes: Vec<u8>, crc: u32 },
+    /// The data as is, followed by its block checksum table when it spans
+    /// more than one block (flag [`FLAG_BLOCK_CRCS`]; `table` empty else).
+    Raw {
+        data: &'a [u8],
+        table: Vec<u8>,
+        crc: u32,
+    },
+}
+
+impl Encoded<'_> {
+    pub fn flags(&self) -> u8 {
+        match self {
+            Encoded::Compressed { .. } => FLAG_COMPRESSED,
+            Encoded::Raw { table, .. } if !table.is_empty() => FLAG_BLOCK_CRCS,
+            Encoded::Raw { .. } => 0,
+        }
+    }
+
+    /// crc32c of the whole payload.
+    pub fn crc(&self) -> u32 {
+        match self {
+            Encoded::Compressed { crc, .. } | Encoded::Raw { crc, .. } => *crc,
+        }
+    }
+
+    /// The payload, in the pieces it is stored from.
+    pub fn parts(&self) -> [&[u8]; 2] {
+        match self {
+            Encoded::Compressed { bytes, .. } => [bytes, &[]],
+            Encoded::Raw { data, table, .. } => [data, table],
+        }
+    }
+
+    pub fn stored_len(&self) -> usize {
+        self.parts().iter().map(|p| p.len()).sum()
+    }
+}
+
+/// Encodes one chunk of guest data (at most [`MAX_RECORD_DATA_BYTES`]) for
+/// the log: `None` when it is all zeroes (metadata only), lz4-compressed when
+/// that saves at least 1/8, else raw with block checksums. The data is read
+/// once for checksums (the payload crc is combined from the block crcs) and
+/// not copied when stored raw.
+pub fn encode_chunk(data: &[u8]) -> Option<Encoded<'_>> {
     debug_assert!(data.len() <= MAX_RECORD_DATA_BYTES);
     if is_all_zero(data) {
         return None;
@@ -255,28 +316,44 @@ pub fn encode_data(data: &[u8]) -> Option<(u8, Vec<u8>)> {
     // of the write path's CPU). A chunk that only compresses past its first
     // 4 KiB is stored uncompressed: correct, slightly larger.
     if data.len() > 2 * PROBE_BYTES && !saves_an_eighth(&data[..PROBE_BYTES]) {
-        return Some(raw_payload(data));
+        return Some(raw_chunk(data));
     }
     let compressed = lz4_flex::block::compress(data);
     if compressed.len() <= data.len() - data.len() / 8 {
-        Some((FLAG_COMPRESSED, compressed))
+        let crc = crc32c::crc32c(&compressed);
+        Some(Encoded::Compressed {
+            bytes: compressed,
+            crc,
+        })
     } else {
-        Some(raw_payload(data))
+        Some(raw_chunk(data))
     }
 }
 
-/// An uncompressed payload: the data, plus a block checksum table when the
-/// data spans more than one block (a one-block record is read whole anyway).
-fn raw_payload(data: &[u8]) -> (u8, Vec<u8>) {
+/// [`encode_chunk`] as flags and one owned payload.
+pub fn encode_data(data: &[u8]) -> Option<(u8, Vec<u8>)> {
+    encode_chunk(data).map(|e| (e.flags(), e.parts().concat()))
+}
+
+/// An uncompressed chunk: with a block checksum table when the data spans
+/// more than one block (a one-block record is read whole anyway).
+fn raw_chunk(data: &[u8]) -> Encoded<'_> {
     if data.len() <= CHECK_BLOCK_BYTES {
-        return (0, data.to_vec());
+        return Encoded::Raw {
+            data,
+            table: Vec::new(),
+            crc: crc32c::crc32c(data),
+        };
     }
-    let mut payload = Vec::with_capacity(data.len() + block_crc_table_bytes(data.len()));
-    payload.extend_from_slice(data);
+    let mut table = Vec::with_capacity(block_crc_table_bytes(data.len()));
+    let mut data_crc = 0u32;
     for block in data.chunks(CHECK_BLOCK_BYTES) {
-        payload.extend_from_slice(&crc32c::crc32c(block).to_le_bytes());
+        let block_crc = crc32c::crc32c(block);
+        data_crc = crc32c::crc32c_combine(data_crc, block_crc, block.len());
+        table.extend_from_slice(&block_crc.to_le_bytes());
     }
-    (FLAG_BLOCK_CRCS, payload)
+    let crc = crc32c::crc32c_append(data_crc, &table);
+    Encoded::Raw { data, table, crc }
 }
 
 /// Bytes of a chunk tried before compressing all of it.
@@ -460,7 +537,7 @@ mod tests {
                 b ^ x as u8
             })
             .collect();
-        let (flags, payload) = raw_payload(&data);
+        let (flags, payload) = encode_data(&data).unwrap();
         assert_eq!(flags, FLAG_BLOCK_CRCS);
         assert_eq!(payload.len(), data.len() + 3 * 4);
         for (i, block) in data.chunks(CHECK_BLOCK_BYTES).enumerate() {
@@ -484,6 +561,9 @@ mod tests {
         );
         assert!(RecordHeader::decode(&rec).is_err());
         // One block of data gets no table.
-        assert_eq!(raw_payload(&data[..4096]).0, 0);
+        assert_eq!(raw_chunk(&data[..4096]).flags(), 0);
+        // The payload crc combined from the blocks is the crc of the payload.
+        let e = raw_chunk(&data);
+        assert_eq!(e.crc(), crc32c::crc32c(&e.parts().concat()));
     }
 }

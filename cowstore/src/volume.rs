@@ -164,8 +164,20 @@ struct Batch {
 
 impl Batch {
     fn push(&mut self, header: RecordHeader, payload: &[u8], effect: MapEffect) {
+        self.push_parts(header, crc32c::crc32c(payload), &[payload], effect);
+    }
+
+    /// Appends a record whose payload is `parts` with crc32c `payload_crc`
+    /// (copied once, straight from the caller's data into the batch).
+    fn push_parts(
+        &mut self,
+        header: RecordHeader,
+        payload_crc: u32,
+        parts: &[&[u8]],
+        effect: MapEffect,
+    ) {
         let at = self.buf.len();
-        header.encode_with_payload(payload, &mut self.buf);
+        header.encode_with_parts(payload_crc, parts, &mut self.buf);
         self.records.push((at, self.buf.len() - at, effect));
     }
 }
@@ -289,6 +301,12 @@ impl Volume {
         let mut batch = Batch::default();
         let first_lba = offset_bytes / SECTOR_BYTES;
         let chunk_count = data.len().div_ceil(MAX_RECORD_DATA_BYTES);
+        // One allocation for the whole write: headers, data, block tables.
+        batch.buf.reserve(
+            data.len()
+                + chunk_count
+                    * (RECORD_HEADER_BYTES + record::block_crc_table_bytes(MAX_RECORD_DATA_BYTES)),
+        );
         for (i, chunk) in data.chunks(MAX_RECORD_DATA_BYTES).enumerate() {
             let lba = first_lba + (i * MAX_RECORD_DATA_BYTES) as u64 / SECTOR_BYTES;
             let sectors = (chunk.len() as u64 / SECTOR_BYTES) as u32;
@@ -299,7 +317,7 @@ impl Volume {
             } else {
                 0
             };
-            match record::encode_data(chunk) {
+            match record::encode_chunk(chunk) {
                 None => {
                     let mut h = header(RecordKind::Zero, self.inner.id, lba, sectors);
                     h.flags = continued;
@@ -312,20 +330,26 @@ impl Volume {
                         },
                     )
                 }
-                Some((flags, payload)) => {
+                Some(encoded) => {
+                    let flags = encoded.flags();
                     let mut h = header(RecordKind::Write, self.inner.id, lba, sectors);
                     h.flags = flags | continued;
                     let extent = Extent {
                         segment_id: 0, // placed under the lock
                         record_offset: 0,
-                        stored_len: payload.len() as u32,
-                        payload_crc: crc32c::crc32c(&payload),
+                        stored_len: encoded.stored_len() as u32,
+                        payload_crc: encoded.crc(),
                         len_sectors: sectors,
                         skip_sectors: 0,
                         record_sectors: sectors as u8,
                         flags,
                     };
-                    batch.push(h, &payload, MapEffect::Map { lba, extent });
+                    batch.push_parts(
+                        h,
+                        encoded.crc(),
+                        &encoded.parts(),
+                        MapEffect::Map { lba, extent },
+                    );
                 }
             }
         }
