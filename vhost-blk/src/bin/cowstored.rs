@@ -5,11 +5,14 @@
 //!           [--attach NAME=SOCKET]... [--attach-snapshot NAME=SOCKET]...
 //!           [--create NAME=SIZE_BYTES]...
 //!           [--gc-interval-ms MS] [--gc-growth-percent P]
-//!           [--gc-min-growth-bytes N] [--gc-low-free-percent P]
+//!           [--gc-min-growth-bytes N] [--gc-busy-growth-bytes N]
+//!           [--gc-low-free-percent P]
 //! ```
 //! The background cleaner (on unless `--gc-interval-ms 0`) runs a segment
 //! cleaner pass when the store grew by P% (and at least N bytes) since the
-//! last pass, or when its file system has less than P% free.
+//! last pass and the last interval was quiet (grew by at most the busy
+//! bytes), or grew by four times that threshold, or when its file system
+//! has less than P% free.
 //! Runs until SIGTERM or SIGINT, then stops every export, flushes every
 //! volume and closes the store. Logs go to stderr (`RUST_LOG` filters).
 
@@ -34,7 +37,8 @@ struct Args {
 fn usage() -> &'static str {
     "usage: cowstored --store DIR --control SOCK [--queues N] [--log-json] [--io auto|uring|blocking] \
      [--create NAME=SIZE_BYTES]... [--attach NAME=SOCKET]... [--attach-snapshot NAME=SOCKET]... \
-     [--gc-interval-ms MS] [--gc-growth-percent P] [--gc-min-growth-bytes N] [--gc-low-free-percent P]"
+     [--gc-interval-ms MS] [--gc-growth-percent P] [--gc-min-growth-bytes N] \
+     [--gc-busy-growth-bytes N] [--gc-low-free-percent P]"
 }
 
 fn parse_args() -> Result<Args> {
@@ -83,6 +87,9 @@ fn parse_args() -> Result<Args> {
             }
             "--gc-min-growth-bytes" => {
                 cleaner.min_growth_bytes = value()?.parse().context("--gc-min-growth-bytes")?
+            }
+            "--gc-busy-growth-bytes" => {
+                cleaner.busy_growth_bytes = value()?.parse().context("--gc-busy-growth-bytes")?
             }
             "--gc-low-free-percent" => {
                 let p: u64 = value()?.parse().context("--gc-low-free-percent")?;
