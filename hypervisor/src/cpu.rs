@@ -89,8 +89,11 @@ pub enum Engine {
     /// Fetch and decode every instruction: the reference.
     Interp,
     /// Decode each basic block once, cache it by physical address.
-    #[default]
     Blocks,
+    /// Translate each hot basic block to x86-64 once, cache and chain it
+    /// (src/jit/); cold blocks run in the block engine.
+    #[default]
+    Jit,
 }
 
 /// Why [`Hart::step`] did not simply retire an instruction.
@@ -104,7 +107,7 @@ pub enum Event {
     Bus(BusError),
 }
 
-enum Fault {
+pub(crate) enum Fault {
     Trap(Trap),
     Event(Event),
 }
@@ -120,7 +123,7 @@ fn trap(cause: u64, tval: u64) -> Fault {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Access {
+pub(crate) enum Access {
     Fetch,
     Load,
     Store,
@@ -208,6 +211,8 @@ pub struct Hart {
     /// Blocks decoded and whole-cache flushes, for --stats.
     pub blocks_built: u64,
     pub block_flushes: u64,
+    /// Translated native code (the JIT engine).
+    pub(crate) jit: crate::jit::JitState,
 }
 
 impl Hart {
@@ -249,6 +254,7 @@ impl Hart {
             blocks: BlockCache::new(),
             blocks_built: 0,
             block_flushes: 0,
+            jit: crate::jit::JitState::default(),
         }
     }
 
@@ -258,6 +264,7 @@ impl Hart {
 
     pub fn flush_tlb(&mut self) {
         self.tlb.fill(TlbEntry::default());
+        self.jit.flush_tlb();
     }
 
     /// Interrupt that would be taken now, if any (cause number).
@@ -375,6 +382,11 @@ impl Hart {
                 Some(b) => {
                     self.blocks_built += 1;
                     bus.mark_code_page(pa);
+                    if self.jit.active() {
+                        // The JIT's cold path: no store may bypass the bus
+                        // on this page from now on.
+                        self.jit.code_page_marked();
+                    }
                     self.blocks.insert(pa, b.clone());
                     b
                 }
@@ -416,6 +428,9 @@ impl Hart {
         self.block_flushes += 1;
         let gen = self.blocks.generation;
         self.blocks.flush(gen);
+        // Translated code too; deferred to the JIT dispatcher, since this
+        // may run inside a native block (fence.i).
+        self.jit.flush_pending = true;
     }
 
     // ---- memory -------------------------------------------------------
@@ -428,7 +443,12 @@ impl Hart {
         }
     }
 
-    fn translate<B: Bus>(&mut self, bus: &mut B, va: u64, acc: Access) -> Result<u64, Fault> {
+    pub(crate) fn translate<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        va: u64,
+        acc: Access,
+    ) -> Result<u64, Fault> {
         let prv = self.effective_prv(acc);
         let mode = self.satp >> 60;
         if prv == PRV_M || mode == 0 {
@@ -528,7 +548,7 @@ impl Hart {
         Err(pf())
     }
 
-    fn load<B: Bus>(&mut self, bus: &mut B, va: u64, size: u8) -> Result<u64, Fault> {
+    pub(crate) fn load<B: Bus>(&mut self, bus: &mut B, va: u64, size: u8) -> Result<u64, Fault> {
         if (va & 0xfff) + u64::from(size) > 0x1000 {
             // Crosses a page: byte by byte, each translated.
             let mut v = 0u64;
@@ -543,7 +563,13 @@ impl Hart {
         bus.load(pa, size).map_err(|e| Fault::Event(Event::Bus(e)))
     }
 
-    fn store<B: Bus>(&mut self, bus: &mut B, va: u64, size: u8, value: u64) -> Result<(), Fault> {
+    pub(crate) fn store<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        va: u64,
+        size: u8,
+        value: u64,
+    ) -> Result<(), Fault> {
         if (va & 0xfff) + u64::from(size) > 0x1000 {
             // Translate every byte first so a fault leaves memory untouched.
             let mut pas = [0u64; 8];
@@ -587,7 +613,7 @@ impl Hart {
     // ---- execution ----------------------------------------------------
 
     #[inline]
-    fn set_x(&mut self, rd: u8, v: u64) {
+    pub(crate) fn set_x(&mut self, rd: u8, v: u64) {
         if rd != 0 {
             self.x[usize::from(rd)] = v;
         }
@@ -617,7 +643,13 @@ impl Hart {
 
     /// Executes one decoded instruction at `self.pc`.
     #[inline]
-    fn exec<B: Bus>(&mut self, bus: &mut B, inst: Inst, len: u8, raw: u32) -> Result<(), Fault> {
+    pub(crate) fn exec<B: Bus>(
+        &mut self,
+        bus: &mut B,
+        inst: Inst,
+        len: u8,
+        raw: u32,
+    ) -> Result<(), Fault> {
         let pc = self.pc;
         let next = pc.wrapping_add(u64::from(len));
         let raw_bits = if len == 2 {
@@ -831,6 +863,10 @@ impl Hart {
                     .load(pa, size as u8)
                     .map_err(|e| Fault::Event(Event::Bus(e)))?;
                 bus.reservations().reserve(self.id as usize, pa);
+                if self.jit.active() {
+                    // Stores of the JIT's fast path must not skip this page.
+                    self.jit.note_lr(bus as *const B as usize, self.id, pa);
+                }
                 self.set_x(rd, if double { v } else { v as i32 as i64 as u64 });
             }
             Inst::Sc {
@@ -845,6 +881,9 @@ impl Hart {
                     return Err(trap(EXC_STORE_MISALIGNED, va));
                 }
                 let pa = self.translate(bus, va, Access::Store)?;
+                if self.jit.active() {
+                    self.jit.note_sc(bus as *const B as usize, self.id);
+                }
                 if bus.reservations().take(self.id as usize, pa) {
                     let v = x!(rs2);
                     bus.store(pa, size as u8, v)
@@ -1277,7 +1316,7 @@ impl BlockCache {
 
 /// Whether a block must end after this instruction: control flow, and
 /// anything that can change translation, privilege or the code itself.
-fn ends_block(inst: &Inst) -> bool {
+pub(crate) fn ends_block(inst: &Inst) -> bool {
     matches!(
         inst,
         Inst::Jal { .. }
@@ -1296,7 +1335,17 @@ fn ends_block(inst: &Inst) -> bool {
 }
 
 /// Decodes the block starting at physical `pa`, never past its page.
-fn build_block<B: Bus>(bus: &mut B, pa: u64) -> Option<std::rc::Rc<[BlockInst]>> {
+pub(crate) fn build_block<B: Bus>(bus: &mut B, pa: u64) -> Option<std::rc::Rc<[BlockInst]>> {
+    build_region(bus, pa, false)
+}
+
+/// As [`build_block`]; with `through_branches`, conditional branches do
+/// not end the block (the JIT's superblocks: the not-taken path goes on).
+pub(crate) fn build_region<B: Bus>(
+    bus: &mut B,
+    pa: u64,
+    through_branches: bool,
+) -> Option<std::rc::Rc<[BlockInst]>> {
     let page_end = (pa | 0xfff).saturating_add(1);
     let mut insts = Vec::with_capacity(16);
     let mut at = pa;
@@ -1313,7 +1362,7 @@ fn build_block<B: Bus>(bus: &mut B, pa: u64) -> Option<std::rc::Rc<[BlockInst]>>
         let (inst, len) = decode(raw);
         insts.push(BlockInst { inst, len, raw });
         at += u64::from(len);
-        if ends_block(&inst) {
+        if ends_block(&inst) && !(through_branches && matches!(inst, Inst::Branch { .. })) {
             break;
         }
     }

@@ -115,6 +115,33 @@ impl MachineBus {
         None
     }
 
+    /// Whether a device answers at `addr` (for telling an access a device
+    /// rejects from an access to a hole in the map).
+    fn device_at(&self, addr: u64) -> bool {
+        let ranges = [
+            (Clint::BASE, Clint::SIZE),
+            (Plic::BASE, Plic::SIZE),
+            (Uart::BASE, Uart::SIZE),
+            (TestFinisher::BASE, TestFinisher::SIZE),
+            (
+                crate::virtio::BASE,
+                crate::virtio::SLOT_SIZE * self.disks.len() as u64,
+            ),
+        ];
+        ranges
+            .iter()
+            .any(|&(base, size)| addr >= base && addr - base < size)
+    }
+
+    /// The error of an MMIO access nothing served.
+    fn mmio_error(&self, addr: u64, size: u8) -> BusError {
+        if self.device_at(addr) {
+            BusError::BadAccess { addr, size }
+        } else {
+            BusError::Unmapped { addr, size }
+        }
+    }
+
     /// The disk whose slot holds `addr`, and the offset into the slot.
     fn disk_at(&mut self, addr: u64) -> Option<(&mut VirtioMmio, u64)> {
         let off = addr.checked_sub(crate::virtio::BASE)?;
@@ -124,13 +151,18 @@ impl MachineBus {
     }
 
     /// Takes the backends' completion signals into the disks' interrupt
-    /// status (one non-blocking eventfd read per disk).
-    pub fn poll_disks(&mut self) {
+    /// status (one non-blocking eventfd read per disk); true when any
+    /// backend signalled.
+    pub fn poll_disks(&mut self) -> bool {
+        let mut any = false;
         for d in &mut self.disks {
+            let calls = d.calls();
             if d.poll_call() {
                 self.irq_dirty = true;
             }
+            any |= d.calls() != calls;
         }
+        any
     }
 
     /// True while some disk has requests the backend has not completed.
@@ -202,8 +234,10 @@ impl Bus for MachineBus {
         if let Some(v) = self.ram.load(addr, size) {
             return Ok(v);
         }
-        self.mmio_load(addr, size)
-            .ok_or(BusError::Unmapped { addr, size })
+        match self.mmio_load(addr, size) {
+            Some(v) => Ok(v),
+            None => Err(self.mmio_error(addr, size)),
+        }
     }
 
     #[inline]
@@ -213,8 +247,10 @@ impl Bus for MachineBus {
         if self.ram.store(addr, size, value).is_some() {
             return Ok(());
         }
-        self.mmio_store(addr, size, value)
-            .ok_or(BusError::Unmapped { addr, size })
+        match self.mmio_store(addr, size, value) {
+            Some(()) => Ok(()),
+            None => Err(self.mmio_error(addr, size)),
+        }
     }
 
     fn ram(&mut self) -> (u64, &mut [u8]) {
@@ -254,7 +290,17 @@ pub struct Machine {
     pub bus: MachineBus,
     pub fdt_addr: u64,
     pub engine: Engine,
+    /// Real time the idle machine has waited for its disks since the last
+    /// backend completion (see DISK_STALL_MS).
+    disk_wait_ms: u64,
 }
+
+/// An idle machine with disk requests out waits for the backends with
+/// virtual time standing still, but only this long without any completion:
+/// then virtual time runs on (timer interrupts, or a deadlock report), so a
+/// guest that wedged its own ring (an avail index the backend refuses) or a
+/// backend that stopped answering cannot freeze the machine forever.
+const DISK_STALL_MS: u64 = 2000;
 
 impl Machine {
     pub fn new(cfg: &BootConfig, console: Box<dyn Write + Send>) -> Result<Self, MachineError> {
@@ -340,6 +386,7 @@ impl Machine {
             bus,
             fdt_addr,
             engine: Engine::default(),
+            disk_wait_ms: 0,
         })
     }
 
@@ -352,7 +399,9 @@ impl Machine {
         let n = self.harts.len();
         let mut executed: u64 = 0;
         loop {
-            self.bus.poll_disks();
+            if self.bus.poll_disks() {
+                self.disk_wait_ms = 0;
+            }
             let mut all_waiting = true;
             for h in 0..n {
                 let bits = self.bus.irq_bits(h);
@@ -381,6 +430,7 @@ impl Machine {
                     let stepped = match self.engine {
                         Engine::Interp => hart.step(&mut self.bus),
                         Engine::Blocks => hart.step_block(&mut self.bus).map(|_| ()),
+                        Engine::Jit => hart.step_jit(&mut self.bus).map(|_| ()),
                     };
                     match stepped {
                         Ok(()) | Err(Event::Ecall) => {}
@@ -438,12 +488,25 @@ impl Machine {
                         continue;
                     }
                 }
-                if !anything_pending && self.bus.disks_busy() {
+                if !anything_pending && self.disk_wait_ms < DISK_STALL_MS && self.bus.disks_busy() {
                     // A disk request is out: wait for the backend in real
                     // time with virtual time standing still, so the guest
                     // sees I/O take no time and a run stays reproducible
                     // whatever the backend's latency.
-                    self.wait_disks(10);
+                    if self.wait_disks(10) {
+                        self.disk_wait_ms = 0;
+                    } else {
+                        self.disk_wait_ms += 10;
+                        if self.disk_wait_ms >= DISK_STALL_MS {
+                            eprintln!(
+                                "cowvisor: disk requests outstanding and no completion for \
+                                 {DISK_STALL_MS} ms; virtual time runs on until the next one"
+                            );
+                            for d in &self.bus.disks {
+                                eprintln!("  {}", d.describe(&self.bus.ram));
+                            }
+                        }
+                    }
                     continue;
                 }
                 if !anything_pending {
@@ -463,8 +526,9 @@ impl Machine {
         }
     }
 
-    /// Blocks until a disk's backend signals a completion or `timeout_ms`.
-    fn wait_disks(&mut self, timeout_ms: i32) {
+    /// Blocks until a disk's backend signals a completion or `timeout_ms`;
+    /// true when one did.
+    fn wait_disks(&mut self, timeout_ms: i32) -> bool {
         let mut fds: Vec<libc::pollfd> = self
             .bus
             .disks
@@ -480,7 +544,7 @@ impl Machine {
         unsafe {
             libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms);
         }
-        self.bus.poll_disks();
+        self.bus.poll_disks()
     }
 
     /// A short human-readable state dump of one hart.

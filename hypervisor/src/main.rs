@@ -45,9 +45,10 @@ struct Args {
     /// Stop after this many guest instructions (all harts); 0 = no limit.
     #[arg(long, default_value_t = 0)]
     max_instructions: u64,
-    /// Execution engine: `blocks` (decoded-block cache) or `interp` (the
-    /// reference interpreter, one fetch+decode per instruction).
-    #[arg(long, default_value = "blocks")]
+    /// Execution engine: `jit` (hot blocks translated to x86-64 and
+    /// chained), `blocks` (decoded-block cache) or `interp` (the reference
+    /// interpreter, one fetch+decode per instruction).
+    #[arg(long, default_value = "jit")]
     engine: String,
     /// Connect stdin to the guest's UART (console input).
     #[arg(long)]
@@ -73,7 +74,8 @@ fn engine_of(name: &str) -> Result<Engine> {
     Ok(match name {
         "blocks" => Engine::Blocks,
         "interp" => Engine::Interp,
-        other => anyhow::bail!("unknown --engine {other} (blocks or interp)"),
+        "jit" => Engine::Jit,
+        other => anyhow::bail!("unknown --engine {other} (jit, blocks or interp)"),
     })
 }
 

@@ -73,6 +73,7 @@ pub fn run_elf(bytes: &[u8], max_instructions: u64, engine: Engine) -> Result<Us
         let stepped = match engine {
             Engine::Interp => hart.step(&mut bus),
             Engine::Blocks => hart.step_block(&mut bus).map(|_| ()),
+            Engine::Jit => hart.step_jit(&mut bus).map(|_| ()),
         };
         match stepped {
             Ok(()) => {

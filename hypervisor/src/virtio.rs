@@ -7,7 +7,9 @@
 //! memfd passed with SET_MEM_TABLE), a guest QueueNotify becomes a write to
 //! the kick eventfd, and the backend's call eventfd becomes the device's
 //! PLIC line (polled by the run loop between slices). Config space reads are
-//! forwarded to the backend (GET_CONFIG).
+//! served from a copy of the backend's config (GET_CONFIG at connect and at
+//! every device reset), so a guest reading config in a loop costs neither
+//! cowvisor nor the backend more than a memory read.
 //!
 //! Guest addresses are untrusted: the rings must lie wholly inside RAM
 //! before their addresses (translated to this process's mapping, as
@@ -99,6 +101,8 @@ pub struct VhostUserBlk {
     /// Virtio features the backend offers (incl. vhost-user bit 30).
     backend_features: u64,
     config_len: u32,
+    /// The backend's config space as of the last connect or device reset.
+    config_cache: Vec<u8>,
     kick: EventFd,
     call: EventFd,
     /// Guest-physical RAM base, its length, and its address in this process.
@@ -165,6 +169,7 @@ impl VhostUserBlk {
             frontend,
             backend_features,
             config_len: 0,
+            config_cache: Vec::new(),
             kick: EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?,
             call: EventFd::new(EFD_NONBLOCK).map_err(VirtioError::EventFd)?,
             ram_base: ram.base,
@@ -174,8 +179,9 @@ impl VhostUserBlk {
         let mut last = None;
         for len in CONFIG_LENS {
             match blk.read_config_raw(len) {
-                Ok(_) => {
+                Ok(data) => {
                     blk.config_len = len;
+                    blk.config_cache = data;
                     break;
                 }
                 Err(e) => last = Some(e),
@@ -294,6 +300,8 @@ pub struct VirtioMmio {
     /// Backend completion signals taken and guest kicks forwarded (reports).
     calls: u64,
     kicks: u64,
+    /// Times the device went to DEVICE_NEEDS_RESET (reports).
+    failures: u64,
 }
 
 fn set_half(word: &mut u64, high: bool, value: u32) {
@@ -322,6 +330,7 @@ impl VirtioMmio {
             started: false,
             calls: 0,
             kicks: 0,
+            failures: 0,
         })
     }
 
@@ -357,6 +366,11 @@ impl VirtioMmio {
         false
     }
 
+    /// Backend completion signals taken so far.
+    pub fn calls(&self) -> u64 {
+        self.calls
+    }
+
     /// The call eventfd, for a wait in poll(2) while the machine idles.
     pub fn call_fd(&self) -> i32 {
         self.blk.call.as_raw_fd()
@@ -380,7 +394,8 @@ impl VirtioMmio {
         let rd = |a: u64| ram.load(a, 2).map_or("-".to_string(), |v| v.to_string());
         format!(
             "disk {} ({}): status {:#x} int {:#x} started {} num {} avail.idx {} used.idx {} \
-             used_event {} avail_event {} avail.flags {} used.flags {} calls {} kicks {}",
+             used_event {} avail_event {} avail.flags {} used.flags {} calls {} kicks {} \
+             failures {}",
             self.slot,
             self.blk.path.display(),
             self.status,
@@ -395,36 +410,41 @@ impl VirtioMmio {
             rd(q.device),
             self.calls,
             self.kicks,
+            self.failures,
         )
     }
 
     fn fail(&mut self, why: &str) {
-        eprintln!(
-            "cowvisor: virtio disk {} ({}): {why}; device needs reset",
-            self.slot,
-            self.blk.path.display()
-        );
+        /// A guest repeating its mistake gets this many messages.
+        const MAX_MESSAGES: u64 = 8;
+        self.failures += 1;
+        if self.failures <= MAX_MESSAGES {
+            eprintln!(
+                "cowvisor: virtio disk {} ({}): {why}; device needs reset{}",
+                self.slot,
+                self.blk.path.display(),
+                if self.failures == MAX_MESSAGES {
+                    " (further failures are counted, not printed)"
+                } else {
+                    ""
+                }
+            );
+        }
         self.status |= STATUS_NEEDS_RESET;
         self.interrupt_status |= INT_CONFIG_CHANGE;
     }
 
     /// Reads a register or config bytes; None for accesses the transport
-    /// does not define (the machine reports them as faults).
+    /// does not define (the machine reports them as faults). Never talks to
+    /// the backend: config comes from the copy taken at the last reset.
     pub fn load(&mut self, off: u64, size: u8) -> Option<u64> {
         if off >= 0x100 {
-            let cfg = match self.blk.config() {
-                Ok(c) => c,
-                Err(e) => {
-                    self.fail(&format!("config read: {e}"));
-                    return Some(0);
-                }
-            };
             let start = usize::try_from(off - 0x100).ok()?;
-            let bytes = cfg.get(start..start.checked_add(usize::from(size))?);
-            // Beyond the backend's config: reads as zero.
+            let end = start.checked_add(usize::from(size))?;
+            // Beyond the backend's config (or straddling its end): zero bytes.
             let mut v = [0u8; 8];
-            if let Some(b) = bytes {
-                v[..b.len()].copy_from_slice(b);
+            for (i, byte) in v.iter_mut().take(end - start).enumerate() {
+                *byte = self.blk.config_cache.get(start + i).copied().unwrap_or(0);
             }
             return Some(u64::from_le_bytes(v));
         }
@@ -563,6 +583,7 @@ impl VirtioMmio {
     }
 
     fn reset(&mut self) {
+        let was_used = self.status != 0;
         if self.started {
             if let Err(e) = self.blk.stop() {
                 eprintln!(
@@ -576,6 +597,16 @@ impl VirtioMmio {
         self.started = false;
         self.status = 0;
         self.interrupt_status = 0;
+        // The driver reads config after a reset (probe): take a fresh copy,
+        // so a volume resized while the guest runs shows at its next probe.
+        // (Not on a reset of a device already reset: a guest writing 0 in a
+        // loop costs the backend nothing.)
+        if was_used {
+            match self.blk.config() {
+                Ok(c) => self.blk.config_cache = c,
+                Err(e) => self.fail(&format!("config read: {e}")),
+            }
+        }
         self.queue = Queue::default();
         self.driver_features = 0;
         self.driver_features_sel = 0;

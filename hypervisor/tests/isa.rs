@@ -1,7 +1,8 @@
 //! ISA conformance: each program in tests/isa/ runs under qemu-riscv64
-//! (user mode) and under cowvisor's interpreter; the register and memory
-//! dumps they write must be identical. The expected bytes come from QEMU
-//! in this very run, never from cowvisor.
+//! (user mode) and under each of cowvisor's engines (interpreter, block
+//! cache, JIT); the register and memory dumps they write must be
+//! identical. The expected bytes come from QEMU in this very run, never
+//! from cowvisor.
 
 mod common;
 
@@ -22,6 +23,10 @@ fn reg_name(i: usize) -> String {
 }
 
 fn check(name: &str) {
+    // The JIT engine translates every block on its first run here, so the
+    // native code (not the block engine it falls back to for cold blocks)
+    // executes every instruction of the suite.
+    hypervisor::jit::set_hot_threshold(1);
     let dir = tempfile::tempdir().expect("tempdir");
     let elf = common::build_isa(name, dir.path(), &[]);
     let q = Command::new("timeout")
@@ -42,7 +47,7 @@ fn check(name: &str) {
         "{name}: qemu-riscv64 produced no dump"
     );
     let bytes = std::fs::read(&elf).expect("read elf");
-    for engine in [Engine::Interp, Engine::Blocks] {
+    for engine in [Engine::Interp, Engine::Blocks, Engine::Jit] {
         compare(name, &bytes, &expected, engine);
     }
 }
@@ -107,6 +112,7 @@ fn compressed() {
 #[test]
 fn privileged_traps_paging_interrupts() {
     use hypervisor::machine::{firmware_image, BootConfig, Machine, Stop};
+    hypervisor::jit::set_hot_threshold(1);
     let dir = tempfile::tempdir().expect("tempdir");
     let ld = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/isa/bare.ld");
     let ld_arg = format!("-Wl,-T,{}", ld.display());
@@ -152,7 +158,7 @@ fn privileged_traps_paging_interrupts() {
         cmdline: String::new(),
         disks: Vec::new(),
     };
-    for engine in [Engine::Interp, Engine::Blocks] {
+    for engine in [Engine::Interp, Engine::Blocks, Engine::Jit] {
         let mut m = Machine::new(&cfg, Box::new(std::io::sink())).expect("machine");
         m.engine = engine;
         m.bus.uart.capture = true;

@@ -73,10 +73,30 @@ pub fn ensure_tools() {
 
 /// Assembles `tests/isa/<name>.S` into a static ELF in `dir`.
 pub fn build_isa(name: &str, dir: &Path, extra: &[&str]) -> PathBuf {
-    ensure_tools();
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/isa")
         .join(format!("{name}.S"));
+    build_source(&src, dir, name, extra)
+}
+
+/// Assembles `tests/common/<name>.S` into a bare-metal ELF in `dir` (entry
+/// 0x80000000, linked by tests/isa/bare.ld), to run with `cowvisor --bios`.
+pub fn build_bare(name: &str, dir: &Path, extra: &[&str]) -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = manifest.join("tests/common").join(format!("{name}.S"));
+    let ld = format!("-Wl,-T,{}", manifest.join("tests/isa/bare.ld").display());
+    let mut args = vec![
+        ld.as_str(),
+        "-Wl,--build-id=none",
+        "-Wl,--no-warn-rwx-segments",
+    ];
+    args.extend_from_slice(extra);
+    build_source(&src, dir, name, &args)
+}
+
+/// Assembles `src` into the static ELF `dir/name`.
+fn build_source(src: &Path, dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
+    ensure_tools();
     let out = dir.join(name);
     let o = Command::new("riscv64-linux-gnu-gcc")
         .args([
@@ -89,7 +109,7 @@ pub fn build_isa(name: &str, dir: &Path, extra: &[&str]) -> PathBuf {
         .args(extra)
         .arg("-o")
         .arg(&out)
-        .arg(&src)
+        .arg(src)
         .output()
         .expect("run riscv64-linux-gnu-gcc");
     assert!(
