@@ -330,6 +330,30 @@ pub fn encode_chunk(data: &[u8]) -> Option<Encoded<'_>> {
     }
 }
 
+/// crc32c(A ++ B) from crc32c(A) and crc32c(B), B one full check block.
+/// `crc32c::crc32c_combine` (zlib's method) rebuilds its shift operator on
+/// every call, tens of microseconds each: 16 of them per 64 KiB record made
+/// 128 KiB writes 5x slower. The shift by one block is linear in crc32c(A),
+/// so its matrix is built once from the crate's combine and applied here
+/// with at most 32 xors.
+fn combine_full_block(crc_a: u32, crc_b: u32) -> u32 {
+    static SHIFT: std::sync::OnceLock<[u32; 32]> = std::sync::OnceLock::new();
+    let shift = SHIFT.get_or_init(|| {
+        std::array::from_fn(|bit| crc32c::crc32c_combine(1 << bit, 0, CHECK_BLOCK_BYTES))
+    });
+    let mut out = crc_b;
+    let mut rest = crc_a;
+    let mut bit = 0;
+    while rest != 0 {
+        if rest & 1 == 1 {
+            out ^= shift[bit];
+        }
+        rest >>= 1;
+        bit += 1;
+    }
+    out
+}
+
 /// [`encode_chunk`] as flags and one owned payload.
 pub fn encode_data(data: &[u8]) -> Option<(u8, Vec<u8>)> {
     encode_chunk(data).map(|e| (e.flags(), e.parts().concat()))
@@ -349,7 +373,11 @@ fn raw_chunk(data: &[u8]) -> Encoded<'_> {
     let mut data_crc = 0u32;
     for block in data.chunks(CHECK_BLOCK_BYTES) {
         let block_crc = crc32c::crc32c(block);
-        data_crc = crc32c::crc32c_combine(data_crc, block_crc, block.len());
+        data_crc = if block.len() == CHECK_BLOCK_BYTES {
+            combine_full_block(data_crc, block_crc)
+        } else {
+            crc32c::crc32c_combine(data_crc, block_crc, block.len())
+        };
         table.extend_from_slice(&block_crc.to_le_bytes());
     }
     let crc = crc32c::crc32c_append(data_crc, &table);
@@ -562,8 +590,20 @@ mod tests {
         assert!(RecordHeader::decode(&rec).is_err());
         // One block of data gets no table.
         assert_eq!(raw_chunk(&data[..4096]).flags(), 0);
-        // The payload crc combined from the blocks is the crc of the payload.
+        // The payload crc combined from the blocks is the crc of the payload,
+        // for full 64 KiB records too.
         let e = raw_chunk(&data);
         assert_eq!(e.crc(), crc32c::crc32c(&e.parts().concat()));
+        let big: Vec<u8> = (0..65536u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+            .collect();
+        let e = raw_chunk(&big);
+        assert_eq!(e.crc(), crc32c::crc32c(&e.parts().concat()));
+        for (a, b) in [(0u32, 0u32), (1, 2), (u32::MAX, 0x1234_5678)] {
+            assert_eq!(
+                combine_full_block(a, b),
+                crc32c::crc32c_combine(a, b, CHECK_BLOCK_BYTES)
+            );
+        }
     }
 }
