@@ -820,6 +820,23 @@ mod tests {
         assert!(backend.admit().is_none());
     }
 
+    /// A 16-entry vring over the mock queue `vq` in `mem`, with `backend`
+    /// given that memory (not yet ready or enabled).
+    fn vring_on(
+        backend: &BlkBackend,
+        mem: &GuestMem,
+        vq: &virtio_queue::mock::MockSplitQueue<GuestMem>,
+    ) -> VringRwLock {
+        let atomic = GuestMemoryAtomic::new(mem.clone());
+        backend.update_memory(atomic.clone());
+        let vring = VringRwLock::new(atomic, 16).unwrap();
+        vring.set_queue_size(16);
+        vring
+            .set_queue_info(vq.desc_table_addr().0, vq.avail_addr().0, vq.used_addr().0)
+            .unwrap();
+        vring
+    }
+
     /// With EVENT_IDX, a stopped connection's worker leaves `serve` although
     /// chains wait in the ring (it once asked the ring for "more" forever,
     /// so cowstored never exited on SIGTERM under load).
@@ -841,13 +858,7 @@ mod tests {
             ));
         }
         vq.add_desc_chains(&descs, 0).unwrap();
-        let atomic = GuestMemoryAtomic::new(mem.clone());
-        backend.update_memory(atomic.clone());
-        let vring = VringRwLock::new(atomic, 16).unwrap();
-        vring.set_queue_size(16);
-        vring
-            .set_queue_info(vq.desc_table_addr().0, vq.avail_addr().0, vq.used_addr().0)
-            .unwrap();
+        let vring = vring_on(&backend, &mem, &vq);
         vring.set_queue_event_idx(true);
         vring.set_queue_ready(true);
         vring.set_enabled(true);
@@ -940,13 +951,7 @@ mod tests {
         }
 
         // The second backend, set up as a reconnect does it.
-        let atomic = GuestMemoryAtomic::new(mem.clone());
-        backend.update_memory(atomic.clone());
-        let vring = VringRwLock::new(atomic, 16).unwrap();
-        vring.set_queue_size(16);
-        vring
-            .set_queue_info(vq.desc_table_addr().0, vq.avail_addr().0, vq.used_addr().0)
-            .unwrap();
+        let vring = vring_on(&backend, &mem, &vq);
         let used = vring.queue_used_idx().unwrap();
         assert_eq!(used, 1);
         vring.set_queue_next_used(used);

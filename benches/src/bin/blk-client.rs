@@ -236,6 +236,7 @@ mod tests {
     //! pattern, flush, read it back, then run two short jobs.
 
     use super::*;
+    use std::path::Path;
     use std::process::{Child, Command, Stdio};
     use std::time::Instant;
 
@@ -277,18 +278,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn smoke_against_cowstored() -> Result<()> {
+    /// Starts cowstored on a fresh store in `dir` serving volume `v` of
+    /// `VOLUME_BYTES`; returns it and its socket once the socket exists.
+    fn start_daemon(dir: &Path) -> Result<(Daemon, PathBuf)> {
         let bin = cowstored()?;
-        let dir = tempfile::tempdir()?;
-        let sock = dir.path().join("v.sock");
-        let log = dir.path().join("cowstored.log");
+        let sock = dir.join("v.sock");
+        let log = dir.join("cowstored.log");
         let mut d = Daemon(
             Command::new(&bin)
                 .arg("--store")
-                .arg(dir.path().join("store"))
+                .arg(dir.join("store"))
                 .arg("--control")
-                .arg(dir.path().join("control.sock"))
+                .arg(dir.join("control.sock"))
                 .arg("--create")
                 .arg(format!("v={VOLUME_BYTES}"))
                 .arg("--attach")
@@ -311,7 +312,13 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok((d, sock))
+    }
 
+    #[test]
+    fn smoke_against_cowstored() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (_d, sock) = start_daemon(dir.path())?;
         let mut t = Target::connect("cowstored", &sock)?;
         assert_eq!(t.capacity_bytes, VOLUME_BYTES);
         let pattern: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 7 + 3) as u8).collect();
@@ -363,32 +370,9 @@ mod tests {
     /// `stopped_connection_leaves_serve_with_chains_in_the_ring` does.)
     #[test]
     fn sigterm_under_load_stops_promptly_and_keeps_flushed_data() -> Result<()> {
-        let bin = cowstored()?;
         let dir = tempfile::tempdir()?;
-        let sock = dir.path().join("v.sock");
+        let (mut d, sock) = start_daemon(dir.path())?;
         let log = dir.path().join("cowstored.log");
-        let mut d = Daemon(
-            Command::new(&bin)
-                .arg("--store")
-                .arg(dir.path().join("store"))
-                .arg("--control")
-                .arg(dir.path().join("control.sock"))
-                .arg("--create")
-                .arg(format!("v={VOLUME_BYTES}"))
-                .arg("--attach")
-                .arg(format!("v={}", sock.display()))
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log)?)
-                .spawn()
-                .context("starting cowstored")?,
-        );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !sock.exists() {
-            if d.0.try_wait()?.is_some() || Instant::now() > deadline {
-                bail!("no socket: {}", std::fs::read_to_string(&log)?);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
         let mut t = Target::connect("cowstored", &sock)?;
         let pattern: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 13 + 1) as u8).collect();
         // The jobs below write at most the first half; the pattern sits past it.
