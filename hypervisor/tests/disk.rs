@@ -361,13 +361,20 @@ fn check_volume(store: &Store, name: &str, seed: &str, dev: &str, salt: u64) {
     assert!(got == preset(salt), "volume {name}: preset changed");
 }
 
-#[test]
-fn cowstored_disk_pattern_checked_offline() {
+/// A fresh store with volume `v` (preset with `salt`) served by cowstored:
+/// the temporary directory, the store's path, the socket and the daemon.
+fn serve_one_volume(salt: u64) -> (tempfile::TempDir, PathBuf, PathBuf, Daemon) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store_dir = dir.path().join("store");
-    make_store(&store_dir, &[("v", 1)]);
+    make_store(&store_dir, &[("v", salt)]);
     let sock = dir.path().join("v.sock");
     let daemon = Daemon::start(&store_dir, dir.path(), &[("v", &sock)]);
+    (dir, store_dir, sock, daemon)
+}
+
+#[test]
+fn cowstored_disk_pattern_checked_offline() {
+    let (dir, store_dir, sock, daemon) = serve_one_volume(1);
     let run = finish(start_cowvisor(dir.path(), "s1", &[&sock]));
     check_guest(&run, "vda", "s1", &md5(&preset(1)));
     daemon.stop();
@@ -454,11 +461,7 @@ fn virtqueue_outside_ram_needs_reset_and_backend_survives() {
     use hypervisor::bus::Ram;
     use hypervisor::virtio::{VhostUserBlk, VirtioMmio};
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store_dir = dir.path().join("store");
-    make_store(&store_dir, &[("v", 5)]);
-    let sock = dir.path().join("v.sock");
-    let daemon = Daemon::start(&store_dir, dir.path(), &[("v", &sock)]);
+    let (_dir, _store_dir, sock, daemon) = serve_one_volume(5);
     let ram_base = 0x8000_0000u64;
     let ram = Ram::shared(ram_base, 16 << 20).expect("memfd RAM");
     let blk = VhostUserBlk::connect(&sock, &ram).expect("connect to cowstored");
@@ -621,11 +624,7 @@ fn check_ext4_image(img: &[u8], seed: &str) -> usize {
 /// back; offline, the volume holds a clean ext4 with the files' bytes.
 #[test]
 fn guest_ext4_on_cowstored_volume_checked_offline() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store_dir = dir.path().join("store");
-    make_store(&store_dir, &[("v", 6)]);
-    let sock = dir.path().join("v.sock");
-    let daemon = Daemon::start(&store_dir, dir.path(), &[("v", &sock)]);
+    let (dir, store_dir, sock, daemon) = serve_one_volume(6);
     let seed = "e1";
     let t = Instant::now();
     let (code, console, err) = finish(start_guest(
@@ -726,11 +725,7 @@ fn run_flood(dir: &Path, name: &str, defines: &[&str], sock: &Path) -> (i32, Str
 /// offline (the bad write request's target is untouched).
 #[test]
 fn mmio_flood_ends_cleanly_and_backend_survives() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store_dir = dir.path().join("store");
-    make_store(&store_dir, &[("v", 7)]);
-    let sock = dir.path().join("v.sock");
-    let mut daemon = Daemon::start(&store_dir, dir.path(), &[("v", &sock)]);
+    let (dir, store_dir, sock, mut daemon) = serve_one_volume(7);
     let (code, console, err, secs) = run_flood(dir.path(), "flood", &[], &sock);
     eprintln!("flood run: {secs:.1} s\n{console}{err}");
     let ctx = || format!("exit {code}\n--- console ---\n{console}\n--- stderr ---\n{err}");
@@ -777,11 +772,7 @@ fn mmio_flood_ends_cleanly_and_backend_survives() {
 /// backend lives on.
 #[test]
 fn mmio_bad_width_is_reported_and_backend_survives() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store_dir = dir.path().join("store");
-    make_store(&store_dir, &[("v", 8)]);
-    let sock = dir.path().join("v.sock");
-    let mut daemon = Daemon::start(&store_dir, dir.path(), &[("v", &sock)]);
+    let (dir, _store_dir, sock, mut daemon) = serve_one_volume(8);
     let (code, console, err, _) = run_flood(
         dir.path(),
         "width",
@@ -815,11 +806,7 @@ fn mmio_bad_width_is_reported_and_backend_survives() {
 /// and the guest still reaches its poweroff.
 #[test]
 fn mmio_flood_survives_the_backend_dying() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store_dir = dir.path().join("store");
-    make_store(&store_dir, &[("v", 9)]);
-    let sock = dir.path().join("v.sock");
-    let mut daemon = Daemon::start(&store_dir, dir.path(), &[("v", &sock)]);
+    let (dir, _store_dir, sock, mut daemon) = serve_one_volume(9);
     let elf = common::build_bare("mmio-flood", dir.path(), &[]);
     let args: Vec<std::ffi::OsString> = vec![
         "--bios".into(),
