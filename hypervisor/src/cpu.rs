@@ -435,7 +435,7 @@ impl Hart {
 
     // ---- memory -------------------------------------------------------
 
-    fn effective_prv(&self, acc: Access) -> u8 {
+    pub(crate) fn effective_prv(&self, acc: Access) -> u8 {
         if acc != Access::Fetch && self.mstatus & MSTATUS_MPRV != 0 {
             ((self.mstatus >> 11) & 3) as u8
         } else {
@@ -1340,7 +1340,9 @@ pub(crate) fn build_block<B: Bus>(bus: &mut B, pa: u64) -> Option<std::rc::Rc<[B
 }
 
 /// As [`build_block`]; with `through_branches`, conditional branches do
-/// not end the block (the JIT's superblocks: the not-taken path goes on).
+/// not end the block (the JIT's superblocks: the not-taken path goes on)
+/// and neither does a JAL to the same page (the block goes on at its
+/// target, so instructions no longer follow each other in memory).
 pub(crate) fn build_region<B: Bus>(
     bus: &mut B,
     pa: u64,
@@ -1361,6 +1363,15 @@ pub(crate) fn build_region<B: Bus>(
         };
         let (inst, len) = decode(raw);
         insts.push(BlockInst { inst, len, raw });
+        if let (true, Inst::Jal { off, .. }) = (through_branches, inst) {
+            // A superblock goes on at the target of a direct jump in the
+            // same page (the emitter follows a JAL that is not last).
+            let target = at.wrapping_add(off as u64);
+            if target >> 12 == pa >> 12 {
+                at = target;
+                continue;
+            }
+        }
         at += u64::from(len);
         if ends_block(&inst) && !(through_branches && matches!(inst, Inst::Branch { .. })) {
             break;

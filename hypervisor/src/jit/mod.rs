@@ -1,8 +1,8 @@
 //! The JIT engine (`--engine jit`): each guest basic block is decoded once
 //! (the block engine's decoder, `cpu::build_block`) and, once it has run
 //! [`DEFAULT_HOT_THRESHOLD`] times in the block engine, decoded again as a
-//! superblock (on through not-taken conditional branches, up to 64
-//! instructions in the page) and translated to x86-64 (`emit.rs`), cached by physical and virtual start address
+//! superblock (on through not-taken conditional branches and JALs into
+//! the same page, up to 64 instructions in the page) and translated to x86-64 (`emit.rs`), cached by physical and virtual start address
 //! (`cache.rs`), and chained: a successor in the same page through a
 //! patched jump, any other (indirect jumps included) through a jump cache.
 //! Invalidation is the block engine's: a store to a page holding decoded
@@ -24,7 +24,7 @@ mod runtime;
 
 use crate::bus::Bus;
 use crate::cpu::{build_region, Access, Event, Fault, Hart, MSTATUS_MPP, MSTATUS_MPRV};
-use crate::cpu::{MSTATUS_MXR, MSTATUS_SUM};
+use crate::cpu::{MSTATUS_MXR, MSTATUS_SUM, PRV_M};
 
 use cache::{CodeCache, SlotInfo, TRAMPOLINE_BYTES};
 use emit::Helpers;
@@ -32,7 +32,7 @@ use runtime::JitCtx;
 
 /// Instructions a chain of native blocks may run before it returns to the
 /// dispatcher (and so to the machine's interrupt check).
-pub const BUDGET: i64 = 512;
+pub const BUDGET: i64 = 1024;
 
 /// A block runs this many times in the block engine before it is
 /// translated: most blocks of a boot run a handful of times between two
@@ -68,7 +68,7 @@ pub struct JitState {
     pub(crate) flush_pending: bool,
     /// A chain exit that found its link unpatched: (what it links, cache
     /// epoch).
-    pending_link: Option<(SlotInfo, u64)>,
+    pending_link: Option<(SlotInfo, u64, (u8, u64, u64))>,
     /// Translation context the load TLB was filled under.
     tlb_context: (u8, u64, u64),
     /// [`reserve::epoch`] the store TLB was filled under.
@@ -197,6 +197,7 @@ impl JitState {
         block: std::rc::Rc<[crate::cpu::BlockInst]>,
         pa: u64,
         va: u64,
+        window: Option<(u64, u64)>,
     ) -> usize {
         let need_flush = {
             let c = self.cache.as_ref().expect("prepared");
@@ -209,7 +210,7 @@ impl JitState {
         let c = self.cache.as_mut().expect("prepared");
         let pred_page = pa & !0xfff;
         let base = c.arena.next_addr() as u64;
-        let code = emit::emit_block(&block, va, base, &h, &mut |target, jmp_end| {
+        let code = emit::emit_block(&block, va, base, &h, window, &mut |target, jmp_end| {
             c.new_slot(SlotInfo {
                 jmp_end,
                 target_va: target,
@@ -224,10 +225,16 @@ impl JitState {
         let entry = c.arena.append(&code);
         debug_assert_eq!(entry as u64, base);
         c.keep.push(block);
-        c.insert(pa, va, entry);
+        c.insert(key(pa, window.is_some()), va, entry);
         self.translated += 1;
         entry
     }
+}
+
+/// The translation cache key of a block at physical `pa`: blocks made
+/// for the direct RAM window (see `step_jit`) apart from the others.
+fn key(pa: u64, direct: bool) -> u64 {
+    pa | u64::from(direct) << 63
 }
 
 impl Hart {
@@ -263,6 +270,16 @@ impl Hart {
             self.jit.tlb_context = context;
             self.jit.flush_tlb();
         }
+        // Loads bypass translation in this context (M-mode data, or satp
+        // Bare, as in the user-mode harness): blocks translated now load
+        // straight from RAM through a bounds check (the direct window) and
+        // are cached apart from blocks with the TLB probe.
+        let (ram_base, ram) = bus.ram();
+        let ram_len = ram.len() as u64;
+        let ram_addend = (ram.as_mut_ptr() as u64).wrapping_sub(ram_base);
+        let untranslated = self.effective_prv(Access::Load) == PRV_M || self.satp >> 60 == 0;
+        let window = (untranslated && ram_base <= 1 << 31 && (8..1 << 31).contains(&ram_len))
+            .then_some((ram_base, ram_len));
         let va = self.pc;
         let pending = self.jit.pending_link.take();
         // The jump cache knows blocks entered in this translation context
@@ -279,7 +296,8 @@ impl Hart {
                     }
                     Err(Fault::Event(e)) => return Err(e),
                 };
-                (pa, self.jit.cache.as_ref().and_then(|c| c.lookup(pa, va)))
+                let k = key(pa, window.is_some());
+                (pa, self.jit.cache.as_ref().and_then(|c| c.lookup(k, va)))
             }
         };
         let entry = match cached {
@@ -291,15 +309,19 @@ impl Hart {
                     self.blocks_built += 1;
                     bus.mark_code_page(pa);
                     reserve::code_page_marked();
-                    self.jit.translate_block(b, pa, va)
+                    self.jit.translate_block(b, pa, va, window)
                 }
                 // First instruction straddles a page or is not RAM: the
                 // plain path handles (and reports) it.
                 None => return self.step(bus).map(|()| 1),
             },
         };
-        if let (Some((info, epoch)), Some(c)) = (pending, self.jit.cache.as_mut()) {
-            if epoch == c.epoch && info.target_va == va && info.pred_page == pa & !0xfff {
+        if let (Some((info, epoch, ctx)), Some(c)) = (pending, self.jit.cache.as_mut()) {
+            if epoch == c.epoch
+                && ctx == context
+                && info.target_va == va
+                && info.pred_page == pa & !0xfff
+            {
                 c.arena.link(info.jmp_end, entry as u64);
                 self.jit.links += 1;
             }
@@ -318,6 +340,7 @@ impl Hart {
             jtlb: c.jtlb.ptr(),
             jcache: c.jcache.ptr(),
             miss_slot: 0,
+            ram_addend,
             generation: gen,
             bus: (bus as *mut B).cast(),
             event: None,
@@ -340,7 +363,7 @@ impl Hart {
         if ctx.miss_slot != 0 {
             if let Some(c) = self.jit.cache.as_ref() {
                 if let Some(info) = c.slot(ctx.miss_slot - 1) {
-                    self.jit.pending_link = Some((info, c.epoch));
+                    self.jit.pending_link = Some((info, c.epoch, context));
                 }
             }
         }
@@ -467,6 +490,69 @@ mod tests {
         set_hot_threshold(1);
         run(&mut h, &mut bus, true);
         assert_eq!(h.x[10], 7);
+    }
+
+    /// Registers cached in host registers (written back lazily) survive
+    /// helper calls (division), loads and stores in the direct RAM window
+    /// and the block exit: every register ends as the interpreter has it.
+    #[test]
+    fn cached_registers_survive_helpers_and_exits() {
+        let code = [
+            0x0640_0513, // li a0, 100
+            0x0070_0593, // li a1, 7
+            0x0030_0613, // li a2, 3
+            0x0050_0693, // li a3, 5
+            0x00b0_0713, // li a4, 11
+            0x00d0_0793, // li a5, 13
+            0x02b5_4833, // div a6, a0, a1
+            0x00d6_08b3, // add a7, a2, a3
+            0x00e8_88b3, // add a7, a7, a4
+            0x00f8_88b3, // add a7, a7, a5
+            0x02c7_f2b3, // remu t0, a5, a2
+            0x00b5_0333, // add t1, a0, a1
+            0x0000_1397, // auipc t2, 1
+            0x0113_b023, // sd a7, 0(t2)
+            0x0003_be03, // ld t3, 0(t2)
+            0x030e_0eb3, // mul t4, t3, a6
+            EBREAK,
+        ];
+        let mut bus = bus_with(&code);
+        let mut reference = Hart::new(0);
+        run(&mut reference, &mut bus, false);
+        assert_eq!(reference.x[16], 14);
+        assert_eq!(reference.x[29], 32 * 14);
+        let mut bus = bus_with(&code);
+        let mut h = Hart::new(0);
+        set_hot_threshold(1);
+        run(&mut h, &mut bus, true);
+        assert!(h.jit.translated > 0);
+        assert_eq!(h.x, reference.x);
+    }
+
+    /// A superblock goes on at the target of a JAL in its page: the link
+    /// register gets the address after the JAL, the skipped instruction
+    /// does not run, instret counts what ran.
+    #[test]
+    fn superblock_follows_jal_in_the_page() {
+        let code = [
+            0x0010_0513, // li a0, 1
+            0x0080_00ef, // jal ra, 8
+            0x0020_0513, // li a0, 2 (skipped)
+            0x00a5_0513, // addi a0, a0, 10
+            EBREAK,
+        ];
+        let mut bus = bus_with(&code);
+        let mut reference = Hart::new(0);
+        run(&mut reference, &mut bus, false);
+        let mut bus = bus_with(&code);
+        let mut h = Hart::new(0);
+        set_hot_threshold(1);
+        run(&mut h, &mut bus, true);
+        assert!(h.jit.translated > 0);
+        assert_eq!(h.x[10], 11);
+        assert_eq!(h.x[1], BASE + 8);
+        assert_eq!(h.x, reference.x);
+        assert_eq!(h.instret, reference.instret);
     }
 
     const SW_A1_A0: u32 = 0x00b5_2023; // sw a1, 0(a0)

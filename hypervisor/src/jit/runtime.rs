@@ -31,6 +31,9 @@ pub(crate) struct JitCtx {
     pub miss_slot: u64,
     /// Bus code generation at entry: a helper seeing it move stops the block.
     pub generation: u64,
+    /// Host address of RAM minus its guest physical base: rbp in native
+    /// code (loads through the direct RAM window).
+    pub ram_addend: u64,
     /// `*mut B` of the bus the helpers were instantiated for.
     pub bus: *mut (),
     /// An event (wfi, ecall exit, bus error) for the dispatcher to return.
@@ -40,6 +43,7 @@ pub(crate) struct JitCtx {
 pub(crate) const CTX_BUDGET: i32 = offset_of!(JitCtx, budget) as i32;
 pub(crate) const CTX_JTLB: i32 = offset_of!(JitCtx, jtlb) as i32;
 pub(crate) const CTX_JCACHE: i32 = offset_of!(JitCtx, jcache) as i32;
+pub(crate) const CTX_RAM_ADDEND: i32 = offset_of!(JitCtx, ram_addend) as i32;
 pub(crate) const CTX_MISS_SLOT: i32 = offset_of!(JitCtx, miss_slot) as i32;
 pub(crate) const HART_X: i32 = offset_of!(Hart, x) as i32;
 pub(crate) const HART_PC: i32 = offset_of!(Hart, pc) as i32;
