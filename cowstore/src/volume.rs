@@ -827,7 +827,16 @@ async fn fetch_piece(
             table_end - data_start,
         )
         .await?;
-        let table = bytes[table_start - data_start..].to_vec();
+        let table = bytes
+            .get(table_start - data_start..)
+            .ok_or_else(|| Error::CorruptExtent {
+                volume: name.to_string(),
+                offset_bytes: piece_lba * SECTOR_BYTES,
+                segment_id: e.segment_id,
+                segment_offset: u64::from(e.record_offset),
+                why: format!("short read of {} bytes", bytes.len()),
+            })?
+            .to_vec();
         bytes.truncate(data_end - data_start);
         (bytes, table)
     } else {
