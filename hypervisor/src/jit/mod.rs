@@ -83,6 +83,9 @@ pub struct JitState {
     pub translated: u64,
     /// Chain links made.
     pub links: u64,
+    /// The code arena could not be mapped (e.g. a policy refusing
+    /// executable mappings): this hart runs the block engine instead.
+    unavailable: bool,
 }
 
 impl Clone for JitState {
@@ -143,10 +146,21 @@ impl JitState {
     }
 
     /// Maps the arena and writes the trampoline, once; (re)binds the
-    /// helpers to bus type B (flushing code made for another).
-    fn prepare<B: Bus>(&mut self) {
+    /// helpers to bus type B (flushing code made for another). False when
+    /// no arena can be had: the caller runs the block engine.
+    fn prepare<B: Bus>(&mut self) -> bool {
+        if self.unavailable {
+            return false;
+        }
         if self.cache.is_none() {
-            let mut c = CodeCache::new().expect("map the JIT code arena");
+            let mut c = match CodeCache::new() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("cowvisor: no JIT code arena ({e}); running the block engine");
+                    self.unavailable = true;
+                    return false;
+                }
+            };
             let (code, exit_off) = emit::trampoline();
             assert!(code.len() <= TRAMPOLINE_BYTES);
             c.arena.write_at(0, &code);
@@ -169,6 +183,7 @@ impl JitState {
                 self.flush();
             }
         }
+        true
     }
 
     /// Counts one more run of the untranslated block at `pa`; true when
@@ -243,7 +258,9 @@ impl Hart {
     /// jump, a system instruction, a trap, or the budget): the JIT engine.
     /// Returns the instructions retired. Interrupts are the caller's.
     pub fn step_jit<B: Bus>(&mut self, bus: &mut B) -> Result<u64, Event> {
-        self.jit.prepare::<B>();
+        if !self.jit.prepare::<B>() {
+            return self.step_block(bus);
+        }
         let bus_addr = bus as *mut B as usize;
         if bus_addr != self.jit.bus_addr {
             // Another machine's RAM: nothing cached may point into it.
