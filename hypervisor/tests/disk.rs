@@ -36,30 +36,6 @@ const PRESET_LEN: usize = 64 << 10;
 /// retires about 60 M instructions).
 const MAX_INSTRUCTIONS: &str = "3000000000";
 
-struct Guest {
-    image: PathBuf,
-    initramfs: PathBuf,
-    fw_jump: PathBuf,
-}
-
-fn guest() -> &'static Guest {
-    static GUEST: std::sync::OnceLock<Guest> = std::sync::OnceLock::new();
-    GUEST.get_or_init(|| {
-        let text = common::riscv_guest_script(&[]).unwrap_or_else(|e| panic!("{e}"));
-        let get = |key: &str| -> PathBuf {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("{key}=")))
-                .unwrap_or_else(|| panic!("scripts/riscv-guest printed no {key}=: {text}"))
-                .into()
-        };
-        Guest {
-            image: get("IMAGE"),
-            initramfs: get("INITRAMFS"),
-            fw_jump: get("FW_JUMP"),
-        }
-    })
-}
-
 /// The bytes the guest writes at offset 0 of disk `dev` with `seed`
 /// (`yes "cowvisor SEED DEV" | head -c 1048576`).
 fn pattern(seed: &str, dev: &str) -> Vec<u8> {
@@ -123,7 +99,7 @@ fn start_cowvisor(dir: &Path, seed: &str, sockets: &[&Path]) -> Run {
 /// Starts cowvisor on the packaged Linux guest with `mode` added to the
 /// kernel command line; output files are named after `name`.
 fn start_guest(dir: &Path, name: &str, mode: &str, sockets: &[&Path]) -> Run {
-    let g = guest();
+    let g = common::guest();
     let mut args: Vec<std::ffi::OsString> = vec![
         "--bios".into(),
         g.fw_jump.clone().into(),

@@ -4,38 +4,12 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
-/// Paths printed by scripts/riscv-guest (it builds the guest when missing,
-/// about 10 minutes on a fresh machine, then caches it).
-struct Guest {
-    image: PathBuf,
-    initramfs: PathBuf,
-    fw_jump: PathBuf,
-}
-
-fn guest() -> &'static Guest {
-    static GUEST: std::sync::OnceLock<Guest> = std::sync::OnceLock::new();
-    GUEST.get_or_init(|| {
-        let text = common::riscv_guest_script(&[]).unwrap_or_else(|e| panic!("{e}"));
-        let get = |key: &str| -> PathBuf {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("{key}=")))
-                .unwrap_or_else(|| panic!("scripts/riscv-guest printed no {key}=: {text}"))
-                .into()
-        };
-        Guest {
-            image: get("IMAGE"),
-            initramfs: get("INITRAMFS"),
-            fw_jump: get("FW_JUMP"),
-        }
-    })
-}
-
-fn boot(smp: usize) -> (i32, String, String) {
-    let g = guest();
+fn boot(smp: usize, engine: &[&str]) -> (i32, String, String) {
+    let g = common::guest();
     let out = Command::new(env!("CARGO_BIN_EXE_cowvisor"))
+        .args(engine)
         .arg("--bios")
         .arg(&g.fw_jump)
         .arg("--kernel")
@@ -58,8 +32,8 @@ fn boot(smp: usize) -> (i32, String, String) {
     )
 }
 
-fn assert_boots(smp: usize) {
-    let (code, console, err) = boot(smp);
+fn assert_boots(smp: usize, engine: &[&str]) {
+    let (code, console, err) = boot(smp, engine);
     let ctx = || format!("exit {code}\n--- console ---\n{console}\n--- stderr ---\n{err}");
     assert!(console.contains("OpenSBI"), "no OpenSBI banner: {}", ctx());
     assert!(
@@ -86,14 +60,28 @@ fn assert_boots(smp: usize) {
     eprintln!("{}", err.lines().find(|l| l.contains("MIPS")).unwrap_or(""));
 }
 
+/// The JIT on a whole machine, named explicitly (it is also the default):
+/// translated code, chaining, the jump cache, block flushes on code writes,
+/// interrupts at chain ends, SBI and SMP. The translator's ISA conformance
+/// is checked in tests/isa.rs.
+#[test]
+fn linux_boots_under_the_jit() {
+    assert_boots(1, &["--engine", "jit"]);
+}
+
+#[test]
+fn linux_boots_smp_under_the_jit() {
+    assert_boots(2, &["--engine", "jit"]);
+}
+
 #[test]
 fn linux_boots_to_init_and_powers_off() {
-    assert_boots(1);
+    assert_boots(1, &[]);
 }
 
 #[test]
 fn linux_boots_smp() {
-    assert_boots(4);
+    assert_boots(4, &[]);
 }
 
 #[test]
@@ -163,7 +151,7 @@ fn console_input_reaches_the_guest_shell() {
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
-    let g = guest();
+    let g = common::guest();
     let mut child = Command::new(env!("CARGO_BIN_EXE_cowvisor"))
         .arg("--bios")
         .arg(&g.fw_jump)

@@ -120,3 +120,30 @@ fn build_source(src: &Path, dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
     );
     out
 }
+
+/// Paths printed by scripts/riscv-guest (it builds the guest when missing,
+/// about 10 minutes on a fresh machine, then caches it).
+pub struct Guest {
+    pub image: PathBuf,
+    pub initramfs: PathBuf,
+    pub fw_jump: PathBuf,
+}
+
+/// The packaged guest, built or found once per test binary.
+pub fn guest() -> &'static Guest {
+    static GUEST: OnceLock<Guest> = OnceLock::new();
+    GUEST.get_or_init(|| {
+        let text = riscv_guest_script(&[]).unwrap_or_else(|e| panic!("{e}"));
+        let get = |key: &str| -> PathBuf {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                .unwrap_or_else(|| panic!("scripts/riscv-guest printed no {key}=: {text}"))
+                .into()
+        };
+        Guest {
+            image: get("IMAGE"),
+            initramfs: get("INITRAMFS"),
+            fw_jump: get("FW_JUMP"),
+        }
+    })
+}
