@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use blk::client::Target;
-use blk::jobs::{parse_jobs, Job};
+use blk::jobs::{parse_jobs, parse_target, Job};
 use blk::report::{fio_document, table, Ratio, Sample};
 
 struct Args {
@@ -65,13 +65,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args> {
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
-            "--target" => {
-                let v = value()?;
-                let (n, s) = v
-                    .split_once('=')
-                    .with_context(|| format!("--target {v:?}: want NAME=SOCKET"))?;
-                a.targets.push((n.to_string(), PathBuf::from(s)));
-            }
+            "--target" => a.targets.push(parse_target(&value()?)?),
             "--jobs" => a.jobs = parse_jobs(&value()?)?,
             "--rounds" => a.rounds = value()?.parse().context("--rounds")?,
             "--ramp-s" => a.ramp_s = value()?.parse().context("--ramp-s")?,

@@ -1,6 +1,6 @@
 //! The jobs, named like fio's: `<rw>-<bs>-qd<iodepth>`.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 pub const KIB: u64 = 1 << 10;
 pub const MIB: u64 = 1 << 20;
@@ -91,6 +91,14 @@ pub fn standard_jobs() -> Vec<Job> {
 }
 
 /// Jobs by name (comma separated), or `all`.
+/// A `--target NAME=SOCKET` argument of the bench binaries.
+pub fn parse_target(v: &str) -> Result<(String, std::path::PathBuf)> {
+    let (name, socket) = v
+        .split_once('=')
+        .with_context(|| format!("--target {v:?}: want NAME=SOCKET"))?;
+    Ok((name.to_string(), socket.into()))
+}
+
 pub fn parse_jobs(spec: &str) -> Result<Vec<Job>> {
     let all = standard_jobs();
     if spec == "all" {
