@@ -74,18 +74,9 @@ impl SegmentIo {
         }
     }
 
-    /// Writes `buf[range]` at `offset`.
-    pub async fn write_at(
-        &self,
-        file: &Arc<SegmentFile>,
-        offset: u64,
-        buf: Arc<Vec<u8>>,
-        range: std::ops::Range<usize>,
-    ) -> io::Result<()> {
-        // Inline for both backends: see the module docs.
-        let bytes = buf
-            .get(range)
-            .ok_or_else(|| io::Error::other("write range outside its buffer"))?;
+    /// Writes `bytes` at `offset`, inline with either backend (see the
+    /// module docs): there is nothing to await.
+    pub fn write_at(&self, file: &SegmentFile, offset: u64, bytes: &[u8]) -> io::Result<()> {
         file.file.write_all_at(bytes, offset)
     }
 
@@ -370,14 +361,8 @@ mod tests {
         );
         let io = SegmentIo::new(choice).unwrap();
         futures::executor::block_on(async {
-            let futs: Vec<_> = (0..64u64)
-                .map(|i| {
-                    let data = Arc::new(vec![i as u8; 4096]);
-                    io.write_at(&seg, 64 + i * 4096, data, 0..4096)
-                })
-                .collect();
-            for r in futures::future::join_all(futs).await {
-                r.unwrap();
+            for i in 0..64u64 {
+                io.write_at(&seg, 64 + i * 4096, &[i as u8; 4096]).unwrap();
             }
             io.sync(&seg).await.unwrap();
             for i in 0..64u64 {

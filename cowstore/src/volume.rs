@@ -664,12 +664,14 @@ impl Volume {
             first_seq,
             armed: true,
         };
-        let results = futures::future::join_all(ios.iter().map(|io| {
-            self.store
-                .io
-                .write_at(&io.segment, io.offset, io.buf.clone(), io.range.clone())
-        }))
-        .await;
+        let results: Vec<_> = ios
+            .iter()
+            .map(|io| {
+                self.store
+                    .io
+                    .write_at(&io.segment, io.offset, &io.buf[io.range.clone()])
+            })
+            .collect();
         {
             let mut pending = v.pending.lock();
             for key in &pending_keys {
@@ -940,15 +942,15 @@ pub(crate) async fn read_pieces(
                     });
                 }
                 let record_bytes = usize::from(e.record_sectors) * SECTOR_BYTES as usize;
-                if e.flags & record::FLAG_COMPRESSED == 0 {
-                    let data =
-                        record::raw_data(e.flags, &payload, record_bytes).map_err(corrupt)?;
-                    dst.copy_from_slice(&data[skip..skip + dst.len()]);
+                let decoded;
+                let data = if e.flags & record::FLAG_COMPRESSED == 0 {
+                    record::raw_data(e.flags, &payload, record_bytes).map_err(corrupt)?
                 } else {
-                    let data =
+                    decoded =
                         record::decode_data(e.flags, &payload, record_bytes).map_err(corrupt)?;
-                    dst.copy_from_slice(&data[skip..skip + dst.len()]);
-                }
+                    &decoded
+                };
+                dst.copy_from_slice(&data[skip..skip + dst.len()]);
             }
         }
     }
