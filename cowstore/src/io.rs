@@ -47,37 +47,54 @@ pub enum IoBackendChoice {
 const RING_ENTRIES: u32 = 256;
 const WAKE_TOKEN: u64 = u64::MAX;
 
-pub(crate) enum SegmentIo {
+enum Backend {
     Uring(UringIo),
     Blocking,
 }
 
+pub(crate) struct SegmentIo {
+    backend: Backend,
+    /// Drop-behind distance: see [`DropBehind`]; `None` leaves written
+    /// pages to the kernel's reclaim.
+    drop_behind_bytes: Option<u64>,
+}
+
 impl SegmentIo {
-    pub fn new(choice: IoBackendChoice) -> io::Result<Self> {
-        match choice {
-            IoBackendChoice::Blocking => Ok(SegmentIo::Blocking),
-            IoBackendChoice::Uring => Ok(SegmentIo::Uring(UringIo::start()?)),
+    pub fn new(choice: IoBackendChoice, drop_behind_bytes: Option<u64>) -> io::Result<Self> {
+        let backend = match choice {
+            IoBackendChoice::Blocking => Backend::Blocking,
+            IoBackendChoice::Uring => Backend::Uring(UringIo::start()?),
             IoBackendChoice::Auto => match UringIo::start() {
-                Ok(u) => Ok(SegmentIo::Uring(u)),
+                Ok(u) => Backend::Uring(u),
                 Err(e) => {
                     tracing::info!("io_uring unavailable ({e}); using blocking segment I/O");
-                    Ok(SegmentIo::Blocking)
+                    Backend::Blocking
                 }
             },
-        }
+        };
+        Ok(SegmentIo {
+            backend,
+            drop_behind_bytes,
+        })
     }
 
     pub fn name(&self) -> &'static str {
-        match self {
-            SegmentIo::Uring(_) => "io_uring",
-            SegmentIo::Blocking => "blocking",
+        match self.backend {
+            Backend::Uring(_) => "io_uring",
+            Backend::Blocking => "blocking",
         }
     }
 
     /// Writes `bytes` at `offset`, inline with either backend (see the
-    /// module docs): there is nothing to await.
+    /// module docs): there is nothing to await. Then moves the file's
+    /// drop-behind window along.
     pub fn write_at(&self, file: &SegmentFile, offset: u64, bytes: &[u8]) -> io::Result<()> {
-        file.file.write_all_at(bytes, offset)
+        file.file.write_all_at(bytes, offset)?;
+        if let Some(window_bytes) = self.drop_behind_bytes {
+            file.behind
+                .advance(&file.file, offset + bytes.len() as u64, window_bytes);
+        }
+        Ok(())
     }
 
     pub async fn read_at(
@@ -86,13 +103,13 @@ impl SegmentIo {
         offset: u64,
         len: usize,
     ) -> io::Result<Vec<u8>> {
-        match self {
-            SegmentIo::Blocking => {
+        match &self.backend {
+            Backend::Blocking => {
                 let mut buf = vec![0u8; len];
                 file.file.read_exact_at(&mut buf, offset)?;
                 Ok(buf)
             }
-            SegmentIo::Uring(u) => {
+            Backend::Uring(u) => {
                 let op = OpKind::Read {
                     buf: vec![0u8; len],
                     done: 0,
@@ -106,9 +123,85 @@ impl SegmentIo {
     }
 
     pub async fn sync(&self, file: &Arc<SegmentFile>) -> io::Result<()> {
-        match self {
-            SegmentIo::Blocking => file.file.sync_data(),
-            SegmentIo::Uring(u) => u.run(file, 0, OpKind::Fsync).await.map(drop),
+        match &self.backend {
+            Backend::Blocking => file.file.sync_data(),
+            Backend::Uring(u) => u.run(file, 0, OpKind::Fsync).await.map(drop),
+        }
+    }
+}
+
+/// Drop-behind for a log file: written pages leave the page cache soon
+/// after they reach the disk.
+///
+/// Appends are buffered (a copy into the page cache, acknowledged at memory
+/// speed), but a log is written once and read rarely: the guest caches what
+/// it reads, so keeping written pages cached only grows the cache until
+/// reclaim, and every append then lands in a freshly allocated page, which
+/// costs more than the copy itself (measured: streaming 128 KiB appends
+/// 1.1-1.4 GB/s plain, 1.6-1.85 GB/s with drop-behind, 0.86-0.95 GB/s with
+/// `O_DIRECT` from one thread; on this VM, whose fresh memory is slow past
+/// ~9 GiB, plain buffering fell to ~220 MB/s). So every `window` bytes the
+/// newest window is handed to writeback (`sync_file_range`, asynchronous),
+/// and the window before it, written back meanwhile, is waited for and
+/// dropped (`posix_fadvise(DONTNEED)`); the freed pages are reused, warm,
+/// by the next appends. This is not durability: `fdatasync` at flush is.
+#[derive(Debug, Default)]
+pub(crate) struct DropBehind {
+    state: parking_lot::Mutex<BehindState>,
+}
+
+#[derive(Debug, Default)]
+struct BehindState {
+    /// Bytes before this offset were handed to writeback.
+    started: u64,
+    /// Bytes before this offset were dropped from the cache.
+    dropped: u64,
+}
+
+impl DropBehind {
+    /// Notes that the file was written up to `end`. Appends may complete
+    /// out of order (queues write concurrently): a range handed on early
+    /// may still miss a page being written; that page stays dirty, is
+    /// written back by the kernel as usual and merely escapes the drop.
+    fn advance(&self, file: &std::fs::File, end: u64, window: u64) {
+        // Another writer moving the window covers this write's pages too.
+        let Some(mut st) = self.state.try_lock() else {
+            return;
+        };
+        if end < st.started.saturating_add(window) {
+            return;
+        }
+        let fd = file.as_raw_fd();
+        // Failures only cost cache: the data is written either way.
+        // SAFETY: plain syscalls on a descriptor `file` keeps open.
+        unsafe {
+            libc::sync_file_range(
+                fd,
+                st.started as libc::off64_t,
+                (end - st.started) as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+        let previous = st.started;
+        st.started = end;
+        if previous > st.dropped {
+            let (from, len) = (
+                st.dropped as libc::off64_t,
+                (previous - st.dropped) as libc::off64_t,
+            );
+            // SAFETY: as above.
+            unsafe {
+                libc::sync_file_range(
+                    fd,
+                    from,
+                    len,
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                        | libc::SYNC_FILE_RANGE_WRITE
+                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                );
+                libc::posix_fadvise(fd, from, len, libc::POSIX_FADV_DONTNEED);
+            }
+            st.dropped = previous;
         }
     }
 }
@@ -345,21 +438,20 @@ mod tests {
     use super::*;
     use crate::segment::{SegmentHeader, SegmentKind};
 
+    fn segment(dir: &std::path::Path) -> Arc<SegmentFile> {
+        let header = SegmentHeader {
+            segment_id: 1,
+            volume_id: 1,
+            chain_index: 0,
+            kind: SegmentKind::Log,
+        };
+        Arc::new(SegmentFile::create(dir, header).unwrap())
+    }
+
     fn roundtrip(choice: IoBackendChoice) {
         let dir = tempfile::tempdir().unwrap();
-        let seg = Arc::new(
-            SegmentFile::create(
-                dir.path(),
-                SegmentHeader {
-                    segment_id: 1,
-                    volume_id: 1,
-                    chain_index: 0,
-                    kind: SegmentKind::Log,
-                },
-            )
-            .unwrap(),
-        );
-        let io = SegmentIo::new(choice).unwrap();
+        let seg = segment(dir.path());
+        let io = SegmentIo::new(choice, Some(64 << 10)).unwrap();
         futures::executor::block_on(async {
             for i in 0..64u64 {
                 io.write_at(&seg, 64 + i * 4096, &[i as u8; 4096]).unwrap();
@@ -382,5 +474,66 @@ mod tests {
     #[test]
     fn auto_roundtrip() {
         roundtrip(IoBackendChoice::Auto);
+    }
+
+    /// How many of the first `len` bytes' pages of `file` are in the page cache.
+    fn resident_pages(file: &std::fs::File, len: usize) -> usize {
+        // SAFETY: a fresh read-only shared mapping of `len` bytes of a file
+        // at least that long; only mincore reads it, and it is unmapped
+        // before returning.
+        unsafe {
+            let addr = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            );
+            assert_ne!(
+                addr,
+                libc::MAP_FAILED,
+                "mmap: {}",
+                io::Error::last_os_error()
+            );
+            let mut vec = vec![0u8; len.div_ceil(4096)];
+            let rc = libc::mincore(addr, len, vec.as_mut_ptr());
+            libc::munmap(addr, len);
+            assert_eq!(rc, 0, "mincore: {}", io::Error::last_os_error());
+            vec.iter().filter(|&&b| b & 1 != 0).count()
+        }
+    }
+
+    /// Written pages leave the cache two windows behind the log's end, and
+    /// stay without drop-behind (the control that shows the check bites).
+    /// In the target directory: tmpfs (a common /tmp) has no writeback.
+    #[test]
+    fn drop_behind_evicts_written_pages() {
+        let base = concat!(env!("CARGO_MANIFEST_DIR"), "/../target");
+        std::fs::create_dir_all(base).unwrap();
+        let window = 1u64 << 20;
+        let written = 8 * window;
+        for drop_behind in [Some(window), None] {
+            let dir = tempfile::tempdir_in(base).unwrap();
+            let seg = segment(dir.path());
+            let io = SegmentIo::new(IoBackendChoice::Blocking, drop_behind).unwrap();
+            let chunk = vec![0x5a; 64 << 10];
+            let mut offset = 64;
+            while offset < written {
+                io.write_at(&seg, offset, &chunk).unwrap();
+                offset += chunk.len() as u64;
+            }
+            // The first five windows are two or more windows behind the end.
+            let checked = 5 * window as usize;
+            let resident = resident_pages(&seg.file, checked);
+            let pages = checked / 4096;
+            match drop_behind {
+                Some(_) => assert!(resident * 10 < pages, "{resident} of {pages} pages cached"),
+                None => assert!(
+                    resident * 10 > pages * 9,
+                    "{resident} of {pages} pages cached"
+                ),
+            }
+        }
     }
 }

@@ -33,6 +33,11 @@ pub const MAX_NAME_BYTES: usize = 128;
 /// Default sealed segment size.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 32 << 20;
 
+/// Drop-behind window of log files: written pages stay cached for one to
+/// two windows. 8 MiB: large enough that writeback gets whole runs, small
+/// enough that the cache a busy log holds stays a few tens of MiB.
+pub const DEFAULT_DROP_BEHIND_BYTES: u64 = 8 << 20;
+
 /// Smallest and largest configurable segment size. The upper bound keeps
 /// in-segment offsets within `u32`.
 pub const MIN_SEGMENT_BYTES: u64 = 64 << 10;

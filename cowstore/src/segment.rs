@@ -94,6 +94,9 @@ pub struct SegmentFile {
     pub id: u64,
     pub path: PathBuf,
     pub file: File,
+    /// How far the page cache of this file was written back and dropped
+    /// (see `io::DropBehind`).
+    pub(crate) behind: crate::io::DropBehind,
 }
 
 pub fn segment_path(dir: &Path, segment_id: u64) -> PathBuf {
@@ -116,6 +119,7 @@ impl SegmentFile {
             id: header.segment_id,
             path,
             file,
+            behind: Default::default(),
         })
     }
 
@@ -154,6 +158,7 @@ impl SegmentFile {
                 id: segment_id,
                 path,
                 file,
+                behind: Default::default(),
             },
             header,
         ))

@@ -26,7 +26,10 @@ use crate::checkpoint::{checkpoint_path, sync_dir, Checkpoint, CheckpointKind, L
 use crate::error::{Error, Result};
 use crate::extent_map::ExtentMap;
 use crate::io::{IoBackendChoice, SegmentIo};
-use crate::limits::{check_name, DEFAULT_SEGMENT_BYTES, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES};
+use crate::limits::{
+    check_name, DEFAULT_DROP_BEHIND_BYTES, DEFAULT_SEGMENT_BYTES, MAX_SEGMENT_BYTES,
+    MIN_SEGMENT_BYTES,
+};
 use crate::recovery::RecoveryStats;
 use crate::segment::{SegmentFile, SegmentHeader, SegmentKind, SEGMENT_HEADER_BYTES};
 use crate::snapshot::{Snapshot, SnapshotInner};
@@ -66,6 +69,10 @@ pub struct StoreConfig {
     pub segment_bytes: u64,
     /// Segment I/O backend.
     pub io_backend: IoBackendChoice,
+    /// Written log pages leave the page cache once this many bytes were
+    /// appended after them (drop-behind, see docs/architecture.md); `None`
+    /// leaves them to the kernel's reclaim.
+    pub drop_behind_bytes: Option<u64>,
     /// A volume is checkpointed in the background once this many log bytes
     /// were appended since its last checkpoint. Bounds recovery time.
     pub checkpoint_interval_bytes: u64,
@@ -81,6 +88,7 @@ impl Default for StoreConfig {
         StoreConfig {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             io_backend: IoBackendChoice::Auto,
+            drop_behind_bytes: Some(DEFAULT_DROP_BEHIND_BYTES),
             checkpoint_interval_bytes: 256 << 20,
             gc_live_threshold_pct: 50,
             tier: None,
@@ -386,7 +394,8 @@ impl Store {
             )));
         }
         let catalog = Catalog::open(&dir.join("catalog"), settings.id_salt)?;
-        let io = SegmentIo::new(config.io_backend).map_err(|e| Error::io(dir, e))?;
+        let io = SegmentIo::new(config.io_backend, config.drop_behind_bytes)
+            .map_err(|e| Error::io(dir, e))?;
         let tier = match &config.tier {
             Some(t) => Some(ObjectTier::open(
                 t.clone(),

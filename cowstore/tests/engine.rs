@@ -14,6 +14,7 @@ fn config(io: IoBackendChoice) -> StoreConfig {
         checkpoint_interval_bytes: 1 << 40,
         gc_live_threshold_pct: 50,
         tier: None,
+        ..Default::default()
     }
 }
 

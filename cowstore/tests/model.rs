@@ -178,6 +178,7 @@ impl Harness {
             checkpoint_interval_bytes: 192 << 10,
             gc_live_threshold_pct: 60,
             tier: None,
+            ..Default::default()
         };
         let store = Store::create(dir.path().join("store"), config.clone()).unwrap();
         Harness {

@@ -66,6 +66,7 @@ fn config(bucket: &std::path::Path) -> StoreConfig {
         checkpoint_interval_bytes: 1 << 40,
         gc_live_threshold_pct: 60,
         tier: Some(tier),
+        ..Default::default()
     }
 }
 

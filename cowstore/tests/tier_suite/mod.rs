@@ -34,6 +34,7 @@ pub fn config(tier: TierConfig) -> StoreConfig {
         checkpoint_interval_bytes: 1 << 40,
         gc_live_threshold_pct: 50,
         tier: Some(tier),
+        ..Default::default()
     }
 }
 

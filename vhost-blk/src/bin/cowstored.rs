@@ -32,10 +32,12 @@ struct Args {
     create: Vec<(String, u64)>,
     cleaner: CleanerPolicy,
     io_backend: cowstore::IoBackendChoice,
+    drop_behind_bytes: Option<u64>,
 }
 
 fn usage() -> &'static str {
     "usage: cowstored --store DIR --control SOCK [--queues N] [--log-json] [--io auto|uring|blocking] \
+     [--drop-behind-bytes N|off] \
      [--create NAME=SIZE_BYTES]... [--attach NAME=SOCKET]... [--attach-snapshot NAME=SOCKET]... \
      [--gc-interval-ms MS] [--gc-growth-percent P] [--gc-min-growth-bytes N] \
      [--gc-busy-growth-bytes N] [--gc-low-free-percent P]"
@@ -50,6 +52,7 @@ fn parse_args() -> Result<Args> {
     let mut create = Vec::new();
     let mut cleaner = CleanerPolicy::default();
     let mut io_backend = cowstore::IoBackendChoice::Auto;
+    let mut drop_behind_bytes = cowstore::StoreConfig::default().drop_behind_bytes;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = || {
@@ -76,6 +79,15 @@ fn parse_args() -> Result<Args> {
                     "uring" => cowstore::IoBackendChoice::Uring,
                     "blocking" => cowstore::IoBackendChoice::Blocking,
                     other => bail!("--io takes auto, uring or blocking, not {other:?}"),
+                }
+            }
+            "--drop-behind-bytes" => {
+                drop_behind_bytes = match value()?.as_str() {
+                    "off" => None,
+                    n => match n.parse().context("--drop-behind-bytes")? {
+                        0 => bail!("--drop-behind-bytes must be above 0 (or off)"),
+                        n => Some(n),
+                    },
                 }
             }
             "--gc-interval-ms" => {
@@ -119,6 +131,7 @@ fn parse_args() -> Result<Args> {
         create,
         cleaner,
         io_backend,
+        drop_behind_bytes,
     })
 }
 
@@ -179,6 +192,7 @@ fn main() -> Result<()> {
 
     let config = cowstore::StoreConfig {
         io_backend: args.io_backend,
+        drop_behind_bytes: args.drop_behind_bytes,
         ..Default::default()
     };
     let store = cowstore::Store::open_or_create(&args.store, config)
