@@ -500,7 +500,11 @@ impl BlkBackend {
             let work = batch
                 .iter()
                 .map(|(head, descs)| async move { (*head, self.execute(descs, mem).await) });
-            let done = futures::executor::block_on(join_all(work));
+            // A lone request waits for its I/O inline: nothing else in this
+            // pass could run meanwhile (see cowstore::with_inline_io).
+            let done = cowstore::with_inline_io(batch.len() == 1, || {
+                futures::executor::block_on(join_all(work))
+            });
             if let Some(ticket) = ticket {
                 self.ack_order.finish_and_wait(ticket);
             }
