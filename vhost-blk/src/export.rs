@@ -110,6 +110,8 @@ pub struct Stats {
     pub connections: AtomicU64,
     /// Requests popped and not yet completed.
     pub in_flight: AtomicU64,
+    /// Requests run in a read pipeline rather than a closed batch.
+    pub pipelined: AtomicU64,
     /// Refused requests by cause ([`crate::request::RequestError::code`]).
     pub rejected_by_cause: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -131,6 +133,8 @@ pub struct StatsReport {
     pub notifications: u64,
     pub connections: u64,
     pub in_flight: u64,
+    #[serde(default)]
+    pub pipelined: u64,
     pub rejected_by_cause: BTreeMap<String, u64>,
 }
 
@@ -161,6 +165,7 @@ impl Stats {
             notifications: g(&self.notifications),
             connections: g(&self.connections),
             in_flight: g(&self.in_flight),
+            pipelined: g(&self.pipelined),
             rejected_by_cause: self
                 .rejected_by_cause
                 .lock()
