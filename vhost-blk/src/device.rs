@@ -1080,7 +1080,7 @@ mod tests {
         assert_eq!(backend.export.stats.snapshot().pipelined, 5);
         for k in 0..5u64 {
             let status: u8 = mem.read_obj(GuestAddress(0x30_0000 + k)).unwrap();
-            assert_eq!(status, VIRTIO_BLK_S_OK as u8, "read {k}");
+            assert_eq!(status, VIRTIO_BLK_S_OK, "read {k}");
             let mut back = [0u8; 4096];
             mem.read_slice(&mut back, GuestAddress(0x20_0000 + k * 0x1000))
                 .unwrap();
