@@ -469,33 +469,10 @@ impl BlkBackend {
             }
             let guard = atomic.memory();
             let mem: &GuestMem = &guard;
-            let chains: Vec<_> = {
-                let mut state = vring.get_mut();
-                let queue = state.get_queue_mut();
-                let iter = queue
-                    .iter(mem)
-                    .map_err(|e| io::Error::other(format!("virtqueue: {e}")))?;
-                iter.collect()
-            };
-            if chains.is_empty() {
+            let batch = self.take_chains(vring, inflight.as_ref(), track, mem)?;
+            if batch.is_empty() {
                 return Ok(Pass::Drained);
             }
-            // Every chain is marked in flight before any of them runs: a
-            // crash from here on resubmits exactly the unfinished ones.
-            if let Some(q) = &inflight {
-                let mut t = track.lock();
-                for chain in &chains {
-                    q.mark(chain.head_index(), t.counter)
-                        .map_err(io::Error::other)?;
-                    t.counter += 1;
-                }
-            }
-            let max = self.limits.max_descriptors() + 1;
-            let batch: Vec<(u16, Vec<Descriptor>)> = chains
-                .into_iter()
-                .map(|chain| (chain.head_index(), chain.take(max).collect()))
-                .collect();
-            Stats::add(&self.export.stats.in_flight, batch.len() as u64);
             if batch.len() > 1 && !batch.iter().any(|(_, descs)| mutates(descs, mem)) {
                 let deferred = self.run_pipelined(vring, inflight.as_ref(), track, batch, mem)?;
                 if !deferred.is_empty() {
@@ -505,6 +482,42 @@ impl BlkBackend {
                 self.run_closed(vring, inflight.as_ref(), batch, mem)?;
             }
         }
+    }
+
+    /// Takes every available chain from the ring (at most the descriptor
+    /// limit of each, plus one so that a longer chain is refused), marking
+    /// each in flight before any of them runs: a crash from here on
+    /// resubmits exactly the unfinished ones.
+    fn take_chains(
+        &self,
+        vring: &VringRwLock,
+        inflight: Option<&QueueInflight>,
+        track: &Mutex<Track>,
+        mem: &GuestMem,
+    ) -> io::Result<Vec<(u16, Vec<Descriptor>)>> {
+        let chains: Vec<_> = {
+            let mut state = vring.get_mut();
+            let queue = state.get_queue_mut();
+            let iter = queue
+                .iter(mem)
+                .map_err(|e| io::Error::other(format!("virtqueue: {e}")))?;
+            iter.collect()
+        };
+        if let Some(q) = inflight {
+            let mut t = track.lock();
+            for chain in &chains {
+                q.mark(chain.head_index(), t.counter)
+                    .map_err(io::Error::other)?;
+                t.counter += 1;
+            }
+        }
+        let max = self.limits.max_descriptors() + 1;
+        let taken: Vec<(u16, Vec<Descriptor>)> = chains
+            .into_iter()
+            .map(|chain| (chain.head_index(), chain.take(max).collect()))
+            .collect();
+        Stats::add(&self.export.stats.in_flight, taken.len() as u64);
+        Ok(taken)
     }
 
     /// Runs a batch of chains to the end, then publishes all their
@@ -563,7 +576,6 @@ impl BlkBackend {
     ) -> io::Result<Vec<(u16, Vec<Descriptor>)>> {
         use futures::stream::{FuturesUnordered, StreamExt};
         use futures::FutureExt;
-        let max = self.limits.max_descriptors() + 1;
         let run = |(head, descs): (u16, Vec<Descriptor>)| async move {
             let used_len = self.execute(&descs, mem).await;
             (head, used_len)
@@ -594,30 +606,10 @@ impl BlkBackend {
                 if !open {
                     continue;
                 }
-                let chains: Vec<_> = {
-                    let mut state = vring.get_mut();
-                    let queue = state.get_queue_mut();
-                    let iter = queue
-                        .iter(mem)
-                        .map_err(|e| io::Error::other(format!("virtqueue: {e}")))?;
-                    iter.collect()
-                };
-                if chains.is_empty() {
+                let popped = self.take_chains(vring, inflight, track, mem)?;
+                if popped.is_empty() {
                     continue;
                 }
-                if let Some(q) = inflight {
-                    let mut t = track.lock();
-                    for chain in &chains {
-                        q.mark(chain.head_index(), t.counter)
-                            .map_err(io::Error::other)?;
-                        t.counter += 1;
-                    }
-                }
-                let popped: Vec<(u16, Vec<Descriptor>)> = chains
-                    .into_iter()
-                    .map(|chain| (chain.head_index(), chain.take(max).collect()))
-                    .collect();
-                Stats::add(&self.export.stats.in_flight, popped.len() as u64);
                 taken += popped.len();
                 if popped.iter().any(|(_, descs)| mutates(descs, mem)) {
                     deferred = popped;
@@ -1001,8 +993,37 @@ mod tests {
         assert_eq!(vq.used().idx().load(), 0);
     }
 
-    /// A chain of 3 descriptors at table index `at`: OUT of 4 KiB of
-    /// `fill` at sector `sector` (header, data, status in slot `k`).
+    /// A chain of 3 descriptors at table index `at` for 4 KiB at sector
+    /// `sector`, using slot `k`'s header, data buffer and status byte: OUT
+    /// of `fill` bytes with `Some(fill)`, IN into the data buffer with `None`.
+    fn data_chain(
+        mem: &GuestMem,
+        at: u16,
+        k: u64,
+        sector: u64,
+        fill: Option<u8>,
+    ) -> [virtio_queue::desc::RawDescriptor; 3] {
+        let hdr = 0x10_0000 + k * 0x100;
+        let data = 0x20_0000 + k * 0x1000;
+        let (kind, data_flags) = match fill {
+            Some(byte) => {
+                mem.write_slice(&[byte; 4096], GuestAddress(data)).unwrap();
+                (VIRTIO_BLK_T_OUT, NEXT)
+            }
+            None => (VIRTIO_BLK_T_IN, NEXT | W),
+        };
+        let mut h = [0u8; 16];
+        h[0..4].copy_from_slice(&kind.to_le_bytes());
+        h[8..16].copy_from_slice(&sector.to_le_bytes());
+        mem.write_slice(&h, GuestAddress(hdr)).unwrap();
+        mem.write_obj(0xffu8, GuestAddress(0x30_0000 + k)).unwrap();
+        [
+            Descriptor::new(hdr, 16, NEXT, at + 1).into(),
+            Descriptor::new(data, 4096, data_flags, at + 2).into(),
+            Descriptor::new(0x30_0000 + k, 1, W, 0).into(),
+        ]
+    }
+
     fn write_chain(
         mem: &GuestMem,
         at: u16,
@@ -1010,41 +1031,16 @@ mod tests {
         sector: u64,
         fill: u8,
     ) -> [virtio_queue::desc::RawDescriptor; 3] {
-        let hdr = 0x10_0000 + k * 0x100;
-        let data = 0x20_0000 + k * 0x1000;
-        let mut h = [0u8; 16];
-        h[0..4].copy_from_slice(&VIRTIO_BLK_T_OUT.to_le_bytes());
-        h[8..16].copy_from_slice(&sector.to_le_bytes());
-        mem.write_slice(&h, GuestAddress(hdr)).unwrap();
-        mem.write_slice(&[fill; 4096], GuestAddress(data)).unwrap();
-        mem.write_obj(0xffu8, GuestAddress(0x30_0000 + k)).unwrap();
-        [
-            Descriptor::new(hdr, 16, NEXT, at + 1).into(),
-            Descriptor::new(data, 4096, NEXT, at + 2).into(),
-            Descriptor::new(0x30_0000 + k, 1, W, 0).into(),
-        ]
+        data_chain(mem, at, k, sector, Some(fill))
     }
 
-    /// A chain of 3 descriptors at table index `at`: IN of 4 KiB at sector
-    /// `sector` into slot `k`'s data buffer (header, data, status).
     fn read_chain(
         mem: &GuestMem,
         at: u16,
         k: u64,
         sector: u64,
     ) -> [virtio_queue::desc::RawDescriptor; 3] {
-        let hdr = 0x10_0000 + k * 0x100;
-        let data = 0x20_0000 + k * 0x1000;
-        let mut h = [0u8; 16];
-        h[0..4].copy_from_slice(&VIRTIO_BLK_T_IN.to_le_bytes());
-        h[8..16].copy_from_slice(&sector.to_le_bytes());
-        mem.write_slice(&h, GuestAddress(hdr)).unwrap();
-        mem.write_obj(0xffu8, GuestAddress(0x30_0000 + k)).unwrap();
-        [
-            Descriptor::new(hdr, 16, NEXT, at + 1).into(),
-            Descriptor::new(data, 4096, NEXT | W, at + 2).into(),
-            Descriptor::new(0x30_0000 + k, 1, W, 0).into(),
-        ]
+        data_chain(mem, at, k, sector, None)
     }
 
     /// A pop of reads only runs as a pipeline, a pop with a write as a
