@@ -106,20 +106,7 @@ impl SegmentIo {
         len: usize,
     ) -> io::Result<Vec<u8>> {
         match &self.backend {
-            Backend::Uring(_) if !INLINE_IO.get() => {}
-            _ => {
-                let mut buf = vec![0u8; len];
-                file.file.read_exact_at(&mut buf, offset)?;
-                return Ok(buf);
-            }
-        }
-        match &self.backend {
-            Backend::Blocking => {
-                let mut buf = vec![0u8; len];
-                file.file.read_exact_at(&mut buf, offset)?;
-                Ok(buf)
-            }
-            Backend::Uring(u) => {
+            Backend::Uring(u) if !INLINE_IO.get() => {
                 let op = OpKind::Read {
                     buf: vec![0u8; len],
                     done: 0,
@@ -128,6 +115,11 @@ impl SegmentIo {
                     Some(buf) => Ok(buf),
                     None => Err(io::Error::other("ring returned no read buffer")),
                 }
+            }
+            _ => {
+                let mut buf = vec![0u8; len];
+                file.file.read_exact_at(&mut buf, offset)?;
+                Ok(buf)
             }
         }
     }
