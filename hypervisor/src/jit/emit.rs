@@ -818,10 +818,13 @@ impl Emitter {
         let slow = self.ops.new_dynamic_label();
         let done = self.ops.new_dynamic_label();
         let ops = &mut self.ops;
-        // Direct window, base register cached: address off it.
+        // Direct window, base register cached: address off it. Yields the
+        // registers to spill on the slow path and where its va comes from.
         let cached = self.rc.get(rs1).filter(|_| rs1 != 0);
-        let mut va_from = None;
-        if let (Some((base, len)), Some(h)) = (self.window, cached) {
+        let off_cached = 'cached: {
+            let (Some((base, len)), Some(h)) = (self.window, cached) else {
+                break 'cached None;
+            };
             let spill = self.rc.dirty_entries();
             let limit = (len - size as u64) as i32;
             if let Ok(disp) = i32::try_from(off - base as i64) {
@@ -840,23 +843,44 @@ impl Emitter {
                     LoadOp::Hu => asm!(ops ; movzx eax, WORD [Rq(h) + rbp + off]),
                     LoadOp::Wu => asm!(ops ; mov eax, [Rq(h) + rbp + off]),
                 }
-                va_from = Some((h, off));
-                rax_to(ops, &mut self.rc, &mut self.held, rd);
-                asm!(ops ; =>done);
-                self.slow.push(SlowLoad {
-                    spill,
-                    reload: self.rc.entries(),
-                    va_from,
-                    rd,
-                    entry: slow,
-                    done,
-                    desc: load_desc(size as u8, signed, rd, bi.len),
-                    pc,
-                    before: i,
-                });
-                return;
+                break 'cached Some((spill, Some((h, off))));
             }
-        }
+            None
+        };
+        let (spill, va_from) = match off_cached {
+            Some(fast) => fast,
+            None => (self.load_fast_path_from_rax(op, size, rs1, off, slow), None),
+        };
+        let ops = &mut self.ops;
+        rax_to(ops, &mut self.rc, &mut self.held, rd);
+        asm!(ops ; =>done);
+        self.slow.push(SlowLoad {
+            spill,
+            reload: self.rc.entries(),
+            va_from,
+            rd,
+            entry: slow,
+            done,
+            desc: load_desc(size as u8, signed, rd, bi.len),
+            pc,
+            before: i,
+        });
+    }
+
+    /// The fast path of a load whose va is computed in rax (base register
+    /// not cached, or the window offset not an i32): the direct window's
+    /// bounds check or the load-TLB probe, then the load into rax; jumps to
+    /// `slow` when neither applies. Returns the registers dirty at that
+    /// branch (spilled on the slow path).
+    fn load_fast_path_from_rax(
+        &mut self,
+        op: LoadOp,
+        size: i32,
+        rs1: u8,
+        off: i64,
+        slow: DynamicLabel,
+    ) -> Pairs {
+        let ops = &mut self.ops;
         rax_from(ops, &mut self.rc, &mut self.carried, rs1);
         let spill = self.rc.dirty_entries();
         if off != 0 {
@@ -904,19 +928,7 @@ impl Emitter {
                 LoadOp::Wu => asm!(ops ; mov eax, [rax]),
             }
         }
-        rax_to(ops, &mut self.rc, &mut self.held, rd);
-        asm!(ops ; =>done);
-        self.slow.push(SlowLoad {
-            spill,
-            reload: self.rc.entries(),
-            va_from,
-            rd,
-            entry: slow,
-            done,
-            desc: load_desc(size as u8, signed, rd, bi.len),
-            pc,
-            before: i,
-        });
+        spill
     }
 
     fn op_imm(&mut self, op: AluOp, word: bool, rd: u8, rs1: u8, imm: i64) -> bool {
