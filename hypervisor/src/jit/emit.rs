@@ -245,20 +245,8 @@ fn store_all(ops: &mut Asm, pairs: &[(u8, u8)]) {
 /// keeps dependent instructions off a store-to-load forwarding chain).
 fn rax_from(ops: &mut Asm, rc: &mut RegCache, carried: &mut Option<u8>, r: u8) {
     let held = carried.take();
-    if r == 0 {
-        asm!(ops ; xor eax, eax);
-    } else if held != Some(r) {
-        if let Some(h) = rc.get(r) {
-            asm!(ops ; mov rax, Rq(h));
-        } else if r == rc.dst {
-            asm!(ops ; mov rax, [rbx + xoff(r)]);
-        } else {
-            let h = rc.assign(ops, r);
-            asm!(ops
-                ; mov rax, [rbx + xoff(r)]
-                ; mov Rq(h), rax
-            );
-        }
+    if r == 0 || held != Some(r) {
+        reg_into(ops, rc, r, RAX);
     }
 }
 
@@ -277,17 +265,47 @@ fn operands(ops: &mut Asm, rc: &mut RegCache, carried: &mut Option<u8>, a: u8, b
 }
 
 fn rcx_from(ops: &mut Asm, rc: &mut RegCache, r: u8) {
+    reg_into(ops, rc, r, RCX);
+}
+
+/// x86 register numbers.
+const RAX: u8 = 0;
+const RCX: u8 = 1;
+const RSI: u8 = 6;
+
+/// The JIT-TLB probe for an access of `size` bytes at va rax, in the half
+/// of the table at `half_off` (loads 0, stores after them): entry
+/// (va >> 12) & (N-1) (16 bytes each), tag = the page of va. Comparing the
+/// page of the access's last byte (computed in `scratch`) sends an access
+/// crossing the page to `slow` too. On a hit rax = the host address.
+fn tlb_probe(ops: &mut Asm, size: i32, scratch: u8, half_off: i32, slow: DynamicLabel) {
+    asm!(ops
+        ; mov rdx, rax
+        ; shr rdx, 8
+        ; and edx, ((JTLB_SIZE - 1) << 4) as i32
+        ; lea Rq(scratch), [rax + (size - 1)]
+        ; and Rq(scratch), -4096
+        ; cmp Rq(scratch), [r15 + rdx + half_off]
+        ; jne =>slow
+        ; add rax, [r15 + rdx + half_off + 8]
+    );
+}
+
+/// Host register `x` (rax or rcx) = guest register r: from its cache
+/// register, or from memory (then cached, unless r is the destination of
+/// the instruction being emitted, whose result replaces it).
+fn reg_into(ops: &mut Asm, rc: &mut RegCache, r: u8, x: u8) {
     if r == 0 {
-        asm!(ops ; xor ecx, ecx);
+        asm!(ops ; xor Rd(x), Rd(x));
     } else if let Some(h) = rc.get(r) {
-        asm!(ops ; mov rcx, Rq(h));
+        asm!(ops ; mov Rq(x), Rq(h));
     } else if r == rc.dst {
-        asm!(ops ; mov rcx, [rbx + xoff(r)]);
+        asm!(ops ; mov Rq(x), [rbx + xoff(r)]);
     } else {
         let h = rc.assign(ops, r);
         asm!(ops
-            ; mov rcx, [rbx + xoff(r)]
-            ; mov Rq(h), rcx
+            ; mov Rq(x), [rbx + xoff(r)]
+            ; mov Rq(h), Rq(x)
         );
     }
 }
@@ -776,16 +794,7 @@ impl Emitter {
             asm!(ops ; add rax, off as i32);
         }
         // rax = va, rcx = value. Probe as for loads, in the store half.
-        asm!(ops
-            ; mov rdx, rax
-            ; shr rdx, 8
-            ; and edx, ((JTLB_SIZE - 1) << 4) as i32
-            ; lea rsi, [rax + (size - 1)]
-            ; and rsi, -4096
-            ; cmp rsi, [r15 + rdx + stlb]
-            ; jne =>slow
-            ; add rax, [r15 + rdx + stlb + 8]
-        );
+        tlb_probe(ops, size, RSI, stlb, slow);
         match op {
             StoreOp::B => asm!(ops ; mov [rax], cl),
             StoreOp::H => asm!(ops ; mov [rax], cx),
@@ -905,19 +914,7 @@ impl Emitter {
                 LoadOp::Wu => asm!(ops ; mov eax, [rax + rbp]),
             }
         } else {
-            // Load-TLB probe: entry (va >> 12) & (N-1) (16 bytes each), tag =
-            // the page of va. Comparing the page of the access's last byte
-            // sends an access crossing the page to the slow path too.
-            asm!(ops
-                ; mov rdx, rax
-                ; shr rdx, 8
-                ; and edx, ((JTLB_SIZE - 1) << 4) as i32
-                ; lea rcx, [rax + (size - 1)]
-                ; and rcx, -4096
-                ; cmp rcx, [r15 + rdx]
-                ; jne =>slow
-                ; add rax, [r15 + rdx + 8]
-            );
+            tlb_probe(ops, size, RCX, 0, slow);
             match op {
                 LoadOp::B => asm!(ops ; movsx rax, BYTE [rax]),
                 LoadOp::H => asm!(ops ; movsx rax, WORD [rax]),
