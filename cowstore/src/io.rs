@@ -17,7 +17,9 @@
 //! 4 KiB random writes at depth 32 1.7-1.8x faster inline. Reads, which may
 //! wait for the disk, and fdatasync stay on the ring so that many run at once,
 //! except for a caller with a single request to serve ([`with_inline_io`]).
-//! Written pages leave the page cache soon after writeback ([`DropBehind`]).
+//! Written pages leave the page cache soon after writeback ([`DropBehind`]),
+//! and appends of 64 KiB or more are written by log writer threads
+//! ([`LogWriters`]) while the caller prepares the next.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -30,6 +32,9 @@ use std::thread::JoinHandle;
 use futures::channel::oneshot;
 use io_uring::{opcode, types, IoUring};
 
+use crate::drop_behind::DropBehind;
+pub use crate::log_writer::MAX_LOG_WRITER_THREADS;
+use crate::log_writer::{self, LogWriters, OFFLOAD_MIN_BYTES};
 use crate::segment::SegmentFile;
 
 /// Which I/O backend to use.
@@ -56,13 +61,21 @@ enum Backend {
 
 pub(crate) struct SegmentIo {
     backend: Backend,
-    /// Drop-behind distance: see [`DropBehind`]; `None` leaves written
-    /// pages to the kernel's reclaim.
-    drop_behind_bytes: Option<u64>,
+    /// Drop-behind (see [`DropBehind`]); `None` leaves written pages to
+    /// the kernel's reclaim.
+    behind: Option<Arc<DropBehind>>,
+    /// Threads that take large appends off the caller (see [`LogWriters`]);
+    /// `None`: every append is inline. Dropped before `behind`'s last
+    /// reference, which its threads share.
+    writers: Option<LogWriters>,
 }
 
 impl SegmentIo {
-    pub fn new(choice: IoBackendChoice, drop_behind_bytes: Option<u64>) -> io::Result<Self> {
+    pub fn new(
+        choice: IoBackendChoice,
+        drop_behind_bytes: Option<u64>,
+        log_writer_threads: usize,
+    ) -> io::Result<Self> {
         let backend = match choice {
             IoBackendChoice::Blocking => Backend::Blocking,
             IoBackendChoice::Uring => Backend::Uring(UringIo::start()?),
@@ -74,9 +87,18 @@ impl SegmentIo {
                 }
             },
         };
+        let behind = match drop_behind_bytes {
+            Some(window_bytes) => Some(Arc::new(DropBehind::start(window_bytes)?)),
+            None => None,
+        };
+        let writers = match log_writer_threads.min(MAX_LOG_WRITER_THREADS) {
+            0 => None,
+            n => Some(LogWriters::start(n, behind.clone())?),
+        };
         Ok(SegmentIo {
             backend,
-            drop_behind_bytes,
+            behind,
+            writers,
         })
     }
 
@@ -87,16 +109,37 @@ impl SegmentIo {
         }
     }
 
-    /// Writes `bytes` at `offset`, inline with either backend (see the
-    /// module docs): there is nothing to await. Then moves the file's
-    /// drop-behind window along.
-    pub fn write_at(&self, file: &SegmentFile, offset: u64, bytes: &[u8]) -> io::Result<()> {
-        file.file.write_all_at(bytes, offset)?;
-        if let Some(window_bytes) = self.drop_behind_bytes {
-            file.behind
-                .advance(&file.file, offset + bytes.len() as u64, window_bytes);
+    /// Writes `bytes` at `offset` in the calling thread (see the module
+    /// docs), then tells drop-behind.
+    pub fn write_at(&self, file: &Arc<SegmentFile>, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        log_writer::append(file, offset, bytes, self.behind.as_deref())
+    }
+
+    /// Writes `buf[range]` at `offset`: inline like [`SegmentIo::write_at`],
+    /// or, for an append of at least [`OFFLOAD_MIN_BYTES`] outside
+    /// [`with_inline_io`], in the segment's log writer thread while the
+    /// caller goes on (see [`LogWriters`]).
+    pub async fn write_shared(
+        &self,
+        file: &Arc<SegmentFile>,
+        offset: u64,
+        buf: &Arc<Vec<u8>>,
+        range: std::ops::Range<usize>,
+    ) -> io::Result<()> {
+        match &self.writers {
+            Some(w) if range.len() >= OFFLOAD_MIN_BYTES && !INLINE_IO.get() => {
+                w.write(file, offset, buf, range).await
+            }
+            _ => self.write_at(file, offset, &buf[range]),
         }
-        Ok(())
+    }
+
+    /// Drops a complete (sealed) segment's pages from the cache once they
+    /// are written back, in the drop-behind thread.
+    pub fn finished(&self, file: &Arc<SegmentFile>, end: u64) {
+        if let Some(behind) = &self.behind {
+            behind.finished(file, end);
+        }
     }
 
     pub async fn read_at(
@@ -157,82 +200,6 @@ pub fn with_inline_io<R>(inline: bool, f: impl FnOnce() -> R) -> R {
     }
     let _restore = Restore(INLINE_IO.replace(inline));
     f()
-}
-
-/// Drop-behind for a log file: written pages leave the page cache soon
-/// after they reach the disk.
-///
-/// Appends are buffered (a copy into the page cache, acknowledged at memory
-/// speed), but a log is written once and read rarely: the guest caches what
-/// it reads, so keeping written pages cached only grows the cache until
-/// reclaim, and every append then lands in a freshly allocated page, which
-/// costs more than the copy itself (measured: streaming 128 KiB appends
-/// 1.1-1.4 GB/s plain, 1.6-1.85 GB/s with drop-behind, 0.86-0.95 GB/s with
-/// `O_DIRECT` from one thread; on this VM, whose fresh memory is slow past
-/// ~9 GiB, plain buffering fell to ~220 MB/s). So every `window` bytes the
-/// newest window is handed to writeback (`sync_file_range`, asynchronous),
-/// and the window before it, written back meanwhile, is waited for and
-/// dropped (`posix_fadvise(DONTNEED)`); the freed pages are reused, warm,
-/// by the next appends. This is not durability: `fdatasync` at flush is.
-#[derive(Debug, Default)]
-pub(crate) struct DropBehind {
-    state: parking_lot::Mutex<BehindState>,
-}
-
-#[derive(Debug, Default)]
-struct BehindState {
-    /// Bytes before this offset were handed to writeback.
-    started: u64,
-    /// Bytes before this offset were dropped from the cache.
-    dropped: u64,
-}
-
-impl DropBehind {
-    /// Notes that the file was written up to `end`. Appends may complete
-    /// out of order (queues write concurrently): a range handed on early
-    /// may still miss a page being written; that page stays dirty, is
-    /// written back by the kernel as usual and merely escapes the drop.
-    fn advance(&self, file: &std::fs::File, end: u64, window: u64) {
-        // Another writer moving the window covers this write's pages too.
-        let Some(mut st) = self.state.try_lock() else {
-            return;
-        };
-        if end < st.started.saturating_add(window) {
-            return;
-        }
-        let fd = file.as_raw_fd();
-        // Failures only cost cache: the data is written either way.
-        // SAFETY: plain syscalls on a descriptor `file` keeps open.
-        unsafe {
-            libc::sync_file_range(
-                fd,
-                st.started as libc::off64_t,
-                (end - st.started) as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
-        let previous = st.started;
-        st.started = end;
-        if previous > st.dropped {
-            let (from, len) = (
-                st.dropped as libc::off64_t,
-                (previous - st.dropped) as libc::off64_t,
-            );
-            // SAFETY: as above.
-            unsafe {
-                libc::sync_file_range(
-                    fd,
-                    from,
-                    len,
-                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                        | libc::SYNC_FILE_RANGE_WRITE
-                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-                );
-                libc::posix_fadvise(fd, from, len, libc::POSIX_FADV_DONTNEED);
-            }
-            st.dropped = previous;
-        }
-    }
 }
 
 enum OpKind {
@@ -480,7 +447,7 @@ mod tests {
     fn roundtrip(choice: IoBackendChoice) {
         let dir = tempfile::tempdir().unwrap();
         let seg = segment(dir.path());
-        let io = SegmentIo::new(choice, Some(64 << 10)).unwrap();
+        let io = SegmentIo::new(choice, Some(64 << 10), 0).unwrap();
         futures::executor::block_on(async {
             for i in 0..64u64 {
                 io.write_at(&seg, 64 + i * 4096, &[i as u8; 4096]).unwrap();
@@ -533,9 +500,11 @@ mod tests {
         }
     }
 
-    /// Written pages leave the cache two windows behind the log's end, and
-    /// stay without drop-behind (the control that shows the check bites).
-    /// In the target directory: tmpfs (a common /tmp) has no writeback.
+    /// Written pages leave the cache two windows behind the log's end (the
+    /// drop-behind thread's work, waited for), all of them once the file is
+    /// finished (sealed), and stay without drop-behind (the control that
+    /// shows the check bites). In the target directory: tmpfs (a common
+    /// /tmp) has no writeback.
     #[test]
     fn drop_behind_evicts_written_pages() {
         let base = concat!(env!("CARGO_MANIFEST_DIR"), "/../target");
@@ -545,12 +514,15 @@ mod tests {
         for drop_behind in [Some(window), None] {
             let dir = tempfile::tempdir_in(base).unwrap();
             let seg = segment(dir.path());
-            let io = SegmentIo::new(IoBackendChoice::Blocking, drop_behind).unwrap();
+            let io = SegmentIo::new(IoBackendChoice::Blocking, drop_behind, 0).unwrap();
             let chunk = vec![0x5a; 64 << 10];
             let mut offset = 64;
             while offset < written {
                 io.write_at(&seg, offset, &chunk).unwrap();
                 offset += chunk.len() as u64;
+            }
+            if let Some(behind) = &io.behind {
+                behind.settle();
             }
             // The first five windows are two or more windows behind the end.
             let checked = 5 * window as usize;
@@ -563,7 +535,55 @@ mod tests {
                     "{resident} of {pages} pages cached"
                 ),
             }
+            // Finishing the file drops its last windows too.
+            io.finished(&seg, offset);
+            if let Some(behind) = &io.behind {
+                behind.settle();
+            }
+            let resident = resident_pages(&seg.file, offset as usize);
+            let pages = (offset as usize).div_ceil(4096);
+            match drop_behind {
+                Some(_) => assert!(resident * 10 < pages, "{resident} of {pages} pages cached"),
+                None => assert!(
+                    resident * 10 > pages * 9,
+                    "{resident} of {pages} pages cached"
+                ),
+            }
         }
+    }
+
+    /// Large appends go to a log writer thread and small ones, or any inside
+    /// `with_inline_io`, are written before the call returns; either way the
+    /// bytes land where asked.
+    #[test]
+    fn large_appends_go_to_a_log_writer_thread() {
+        use futures::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        let seg = segment(dir.path());
+        let io = SegmentIo::new(IoBackendChoice::Blocking, None, 2).unwrap();
+        let big = Arc::new(vec![0xa5u8; OFFLOAD_MIN_BYTES + 100]);
+        let small = Arc::new(vec![0x3cu8; 4096]);
+        let big_at = 64u64;
+        let small_at = big_at + (OFFLOAD_MIN_BYTES as u64 + 100);
+        // Inline: finished on the first poll.
+        let inline = io.write_shared(&seg, small_at, &small, 0..small.len());
+        assert!(inline.now_or_never().unwrap().is_ok());
+        let scoped = with_inline_io(true, || {
+            io.write_shared(&seg, big_at, &big, 0..big.len())
+                .now_or_never()
+        });
+        assert!(scoped.unwrap().is_ok());
+        // Offloaded: written by the time the future resolves.
+        let offloaded = Arc::new(vec![0x77u8; OFFLOAD_MIN_BYTES]);
+        futures::executor::block_on(io.write_shared(&seg, big_at, &offloaded, 0..offloaded.len()))
+            .unwrap();
+        let mut back = vec![0u8; OFFLOAD_MIN_BYTES + 100 + 4096];
+        seg.file.read_exact_at(&mut back, big_at).unwrap();
+        assert!(back[..OFFLOAD_MIN_BYTES].iter().all(|&b| b == 0x77));
+        assert!(back[OFFLOAD_MIN_BYTES..OFFLOAD_MIN_BYTES + 100]
+            .iter()
+            .all(|&b| b == 0xa5));
+        assert!(back[OFFLOAD_MIN_BYTES + 100..].iter().all(|&b| b == 0x3c));
     }
 
     /// Inside `with_inline_io(true, ..)` reads and syncs through the ring
@@ -574,7 +594,7 @@ mod tests {
         use futures::FutureExt;
         let dir = tempfile::tempdir().unwrap();
         let seg = segment(dir.path());
-        let io = SegmentIo::new(IoBackendChoice::Auto, None).unwrap();
+        let io = SegmentIo::new(IoBackendChoice::Auto, None, 0).unwrap();
         io.write_at(&seg, 64, &[7u8; 4096]).unwrap();
         with_inline_io(true, || {
             let read = io.read_at(&seg, 64, 4096).now_or_never();

@@ -30,6 +30,7 @@
 
 mod catalog;
 mod checkpoint;
+mod drop_behind;
 mod error;
 pub mod extent_map;
 pub mod gc;
@@ -37,6 +38,7 @@ mod inflight;
 pub mod inspect;
 mod io;
 pub mod limits;
+mod log_writer;
 pub mod record;
 mod recovery;
 mod remote;
@@ -49,7 +51,7 @@ mod volume;
 pub use error::{Error, Result};
 pub use gc::GcReport;
 pub use inspect::{ByteRange, ObjectKind, SpaceUsage, VerifyError, VerifyReport};
-pub use io::{with_inline_io, IoBackendChoice};
+pub use io::{with_inline_io, IoBackendChoice, MAX_LOG_WRITER_THREADS};
 pub use recovery::RecoveryStats;
 pub use remote::ObjectGcReport;
 pub use snapshot::Snapshot;

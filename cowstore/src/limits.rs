@@ -38,6 +38,11 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 32 << 20;
 /// enough that the cache a busy log holds stays a few tens of MiB.
 pub const DEFAULT_DROP_BEHIND_BYTES: u64 = 8 << 20;
 
+/// Log writer threads per store by default: two, so that on a 2-core
+/// machine one copies appends into the page cache while the queue worker
+/// prepares the next (see `io::LogWriters`); segments are spread over them.
+pub const DEFAULT_LOG_WRITER_THREADS: usize = 2;
+
 /// Smallest and largest configurable segment size. The upper bound keeps
 /// in-segment offsets within `u32`.
 pub const MIN_SEGMENT_BYTES: u64 = 64 << 10;

@@ -95,8 +95,8 @@ pub struct SegmentFile {
     pub path: PathBuf,
     pub file: File,
     /// How far the page cache of this file was written back and dropped
-    /// (see `io::DropBehind`).
-    pub(crate) behind: crate::io::DropBehind,
+    /// (see `drop_behind`).
+    pub(crate) behind: crate::drop_behind::FileBehind,
 }
 
 pub fn segment_path(dir: &Path, segment_id: u64) -> PathBuf {

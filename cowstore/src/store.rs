@@ -27,8 +27,8 @@ use crate::error::{Error, Result};
 use crate::extent_map::ExtentMap;
 use crate::io::{IoBackendChoice, SegmentIo};
 use crate::limits::{
-    check_name, DEFAULT_DROP_BEHIND_BYTES, DEFAULT_SEGMENT_BYTES, MAX_SEGMENT_BYTES,
-    MIN_SEGMENT_BYTES,
+    check_name, DEFAULT_DROP_BEHIND_BYTES, DEFAULT_LOG_WRITER_THREADS, DEFAULT_SEGMENT_BYTES,
+    MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES,
 };
 use crate::recovery::RecoveryStats;
 use crate::segment::{SegmentFile, SegmentHeader, SegmentKind, SEGMENT_HEADER_BYTES};
@@ -73,6 +73,10 @@ pub struct StoreConfig {
     /// appended after them (drop-behind, see docs/architecture.md); `None`
     /// leaves them to the kernel's reclaim.
     pub drop_behind_bytes: Option<u64>,
+    /// Threads that write large log appends while the caller prepares the
+    /// next ones (see docs/architecture.md, "I/O"); 0 writes everything in
+    /// the calling thread.
+    pub log_writer_threads: usize,
     /// A volume is checkpointed in the background once this many log bytes
     /// were appended since its last checkpoint. Bounds recovery time.
     pub checkpoint_interval_bytes: u64,
@@ -89,6 +93,7 @@ impl Default for StoreConfig {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
             io_backend: IoBackendChoice::Auto,
             drop_behind_bytes: Some(DEFAULT_DROP_BEHIND_BYTES),
+            log_writer_threads: DEFAULT_LOG_WRITER_THREADS,
             checkpoint_interval_bytes: 256 << 20,
             gc_live_threshold_pct: 50,
             tier: None,
@@ -394,8 +399,12 @@ impl Store {
             )));
         }
         let catalog = Catalog::open(&dir.join("catalog"), settings.id_salt)?;
-        let io = SegmentIo::new(config.io_backend, config.drop_behind_bytes)
-            .map_err(|e| Error::io(dir, e))?;
+        let io = SegmentIo::new(
+            config.io_backend,
+            config.drop_behind_bytes,
+            config.log_writer_threads,
+        )
+        .map_err(|e| Error::io(dir, e))?;
         let tier = match &config.tier {
             Some(t) => Some(ObjectTier::open(
                 t.clone(),

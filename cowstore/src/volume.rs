@@ -664,14 +664,12 @@ impl Volume {
             first_seq,
             armed: true,
         };
-        let results: Vec<_> = ios
-            .iter()
-            .map(|io| {
-                self.store
-                    .io
-                    .write_at(&io.segment, io.offset, &io.buf[io.range.clone()])
-            })
-            .collect();
+        let results = futures::future::join_all(ios.iter().map(|io| {
+            self.store
+                .io
+                .write_shared(&io.segment, io.offset, &io.buf, io.range.clone())
+        }))
+        .await;
         {
             let mut pending = v.pending.lock();
             for key in &pending_keys {
@@ -693,6 +691,9 @@ impl Volume {
             // A sealed segment is complete once its seal is written (and the
             // uploader flushes the volume before reading it).
             self.store.segment_sealed(io.segment.id);
+            self.store
+                .io
+                .finished(&io.segment, io.offset + io.range.len() as u64);
         }
         self.store.maybe_checkpoint(v);
         Ok(last_seq)

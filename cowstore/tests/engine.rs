@@ -471,31 +471,45 @@ fn recovery_replays_only_the_tail_after_the_checkpoint() {
 }
 
 /// A write whose future is dropped after it took its place in the log (a
-/// cancelled task) could leave a silent gap that recovery cuts at. Log
-/// writes are inline now (see `io.rs`), so a write's future finishes on its
-/// first poll with either backend: there is no await point between the
-/// reservation and the bytes reaching the segment file to cancel at. (A
-/// panic there still fails the volume: `AbandonGuard`.) If writes ever go
-/// asynchronous again, this fails and the cancellation case needs its test
-/// back: drop the pending future, then flush and write must error.
+/// cancelled task) would leave a gap that recovery cuts at. Small writes,
+/// and any write inside `with_inline_io`, are inline: their future finishes
+/// on its first poll, with nothing to cancel. Large ones go to a log writer
+/// thread (see `log_writer.rs`): dropping such a pending write fails the
+/// volume (`AbandonGuard`), so flushes and later writes report an error
+/// instead of acknowledging data recovery could cut.
 #[test]
-fn a_write_cannot_be_abandoned_between_reservation_and_log_write() {
+fn a_write_dropped_after_its_reservation_fails_the_volume() {
     use std::future::Future;
     use std::task::{Context, Poll};
     for io in [IoBackendChoice::Uring, IoBackendChoice::Blocking] {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::create(dir.path().join("s"), config(io)).unwrap();
         let vol = store.create_volume("v", 1 << 20).unwrap();
-        let data = pattern(1, 64 << 10);
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
-        let mut fut = Box::pin(vol.write(0, &data));
-        match fut.as_mut().poll(&mut cx) {
-            Poll::Ready(r) => r.unwrap(),
-            Poll::Pending => panic!("{io:?}: a log write waited after its reservation"),
+        let small = pattern(1, 4096);
+        let large = pattern(2, 64 << 10);
+        for (data, inline) in [(&small, false), (&large, true)] {
+            let ready = cowstore::with_inline_io(inline, || {
+                let mut fut = Box::pin(vol.write(0, data));
+                fut.as_mut().poll(&mut cx).is_ready()
+            });
+            assert!(
+                ready,
+                "{io:?}: an inline write waited after its reservation"
+            );
         }
-        drop(fut);
         block_on(vol.flush()).unwrap();
-        assert_eq!(block_on(vol.read(0, 64 << 10)).unwrap(), data);
+        assert_eq!(block_on(vol.read(0, 64 << 10)).unwrap(), large);
+        let mut fut = Box::pin(vol.write(0, &large));
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(r) => panic!("{io:?}: a large write finished inline: {r:?}"),
+            Poll::Pending => drop(fut),
+        }
+        assert!(
+            block_on(vol.flush()).is_err(),
+            "{io:?}: flush after an abandoned write"
+        );
+        assert!(block_on(vol.write(0, &small)).is_err());
     }
 }
