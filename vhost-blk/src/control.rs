@@ -111,6 +111,8 @@ pub struct Daemon {
     barrier: Mutex<Option<Barrier>>,
     next_barrier: Mutex<u64>,
     default_queues: u16,
+    /// Applied to exports attached from then on.
+    poll_after_write: Mutex<std::time::Duration>,
     cleaner: Mutex<Option<crate::cleaner::Cleaner>>,
 }
 
@@ -150,8 +152,16 @@ impl Daemon {
             barrier: Mutex::new(None),
             next_barrier: Mutex::new(1),
             default_queues: default_queues.max(1),
+            poll_after_write: Mutex::new(crate::export::DEFAULT_POLL_AFTER_WRITE),
             cleaner: Mutex::new(None),
         })
+    }
+
+    /// How long queue workers of exports attached from now on poll their
+    /// ring after a pass that wrote (capped at
+    /// [`crate::export::MAX_POLL_AFTER_WRITE`]; zero turns polling off).
+    pub fn set_poll_after_write(&self, poll: std::time::Duration) {
+        *self.poll_after_write.lock() = poll.min(crate::export::MAX_POLL_AFTER_WRITE);
     }
 
     /// Starts the background segment cleaner (see [`crate::cleaner`]).
@@ -186,7 +196,9 @@ impl Daemon {
             Target::Volume(self.store.volume(name)?)
         };
         let queues = queues.unwrap_or(self.default_queues).clamp(1, 16);
-        let export = Arc::new(Export::new(target, queues));
+        let mut export = Export::new(target, queues);
+        export.poll_after_write = *self.poll_after_write.lock();
+        let export = Arc::new(export);
         let served = Served::start(export, socket)?;
         exports.insert(name.to_string(), served);
         Ok(json!({"name": name, "socket": socket, "read_only": snapshot, "queues": queues}))

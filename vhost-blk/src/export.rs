@@ -112,6 +112,9 @@ pub struct Stats {
     pub in_flight: AtomicU64,
     /// Requests run in a read pipeline rather than a closed batch.
     pub pipelined: AtomicU64,
+    /// Polls after a write pass that found new chains, and that gave up.
+    pub poll_hits: AtomicU64,
+    pub poll_misses: AtomicU64,
     /// Refused requests by cause ([`crate::request::RequestError::code`]).
     pub rejected_by_cause: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -135,6 +138,10 @@ pub struct StatsReport {
     pub in_flight: u64,
     #[serde(default)]
     pub pipelined: u64,
+    #[serde(default)]
+    pub poll_hits: u64,
+    #[serde(default)]
+    pub poll_misses: u64,
     pub rejected_by_cause: BTreeMap<String, u64>,
 }
 
@@ -166,6 +173,8 @@ impl Stats {
             connections: g(&self.connections),
             in_flight: g(&self.in_flight),
             pipelined: g(&self.pipelined),
+            poll_hits: g(&self.poll_hits),
+            poll_misses: g(&self.poll_misses),
             rejected_by_cause: self
                 .rejected_by_cause
                 .lock()
@@ -246,7 +255,17 @@ pub struct Export {
     pub stats: Stats,
     pub gate: Gate,
     pub num_queues: u16,
+    /// How long a queue worker watches its ring after a pass that wrote
+    /// before it sleeps (see `BlkBackend::poll_for_chains`); zero: never.
+    pub poll_after_write: std::time::Duration,
 }
+
+/// Default of [`Export::poll_after_write`]: about one VM wake-up.
+pub const DEFAULT_POLL_AFTER_WRITE: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// Longest poll a daemon accepts: beyond a millisecond a sleeping thread's
+/// wake-up is noise, and the core is wasted.
+pub const MAX_POLL_AFTER_WRITE: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl Export {
     pub fn new(target: Target, num_queues: u16) -> Self {
@@ -255,6 +274,7 @@ impl Export {
             stats: Stats::default(),
             gate: Gate::default(),
             num_queues: num_queues.max(1),
+            poll_after_write: DEFAULT_POLL_AFTER_WRITE,
         }
     }
 

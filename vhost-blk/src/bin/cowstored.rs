@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cowstored --store DIR --control SOCK [--queues N] [--log-json] [--io auto|uring|blocking]
+//!           [--drop-behind-bytes N|off] [--log-writers N] [--poll-after-write-us US]
 //!           [--attach NAME=SOCKET]... [--attach-snapshot NAME=SOCKET]...
 //!           [--create NAME=SIZE_BYTES]...
 //!           [--gc-interval-ms MS] [--gc-growth-percent P]
@@ -33,11 +34,13 @@ struct Args {
     cleaner: CleanerPolicy,
     io_backend: cowstore::IoBackendChoice,
     drop_behind_bytes: Option<u64>,
+    log_writer_threads: usize,
+    poll_after_write: std::time::Duration,
 }
 
 fn usage() -> &'static str {
     "usage: cowstored --store DIR --control SOCK [--queues N] [--log-json] [--io auto|uring|blocking] \
-     [--drop-behind-bytes N|off] \
+     [--drop-behind-bytes N|off] [--log-writers N] [--poll-after-write-us US] \
      [--create NAME=SIZE_BYTES]... [--attach NAME=SOCKET]... [--attach-snapshot NAME=SOCKET]... \
      [--gc-interval-ms MS] [--gc-growth-percent P] [--gc-min-growth-bytes N] \
      [--gc-busy-growth-bytes N] [--gc-low-free-percent P]"
@@ -53,6 +56,8 @@ fn parse_args() -> Result<Args> {
     let mut cleaner = CleanerPolicy::default();
     let mut io_backend = cowstore::IoBackendChoice::Auto;
     let mut drop_behind_bytes = cowstore::StoreConfig::default().drop_behind_bytes;
+    let mut log_writer_threads = cowstore::StoreConfig::default().log_writer_threads;
+    let mut poll_after_write = vhost_blk::export::DEFAULT_POLL_AFTER_WRITE;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = || {
@@ -88,6 +93,25 @@ fn parse_args() -> Result<Args> {
                         0 => bail!("--drop-behind-bytes must be above 0 (or off)"),
                         n => Some(n),
                     },
+                }
+            }
+            "--log-writers" => {
+                log_writer_threads = value()?.parse().context("--log-writers")?;
+                if log_writer_threads > cowstore::MAX_LOG_WRITER_THREADS {
+                    bail!(
+                        "--log-writers takes 0..={}, got {log_writer_threads}",
+                        cowstore::MAX_LOG_WRITER_THREADS
+                    );
+                }
+            }
+            "--poll-after-write-us" => {
+                let us: u64 = value()?.parse().context("--poll-after-write-us")?;
+                poll_after_write = std::time::Duration::from_micros(us);
+                if poll_after_write > vhost_blk::export::MAX_POLL_AFTER_WRITE {
+                    bail!(
+                        "--poll-after-write-us takes 0..={}, got {us}",
+                        vhost_blk::export::MAX_POLL_AFTER_WRITE.as_micros()
+                    );
                 }
             }
             "--gc-interval-ms" => {
@@ -132,6 +156,8 @@ fn parse_args() -> Result<Args> {
         cleaner,
         io_backend,
         drop_behind_bytes,
+        log_writer_threads,
+        poll_after_write,
     })
 }
 
@@ -193,6 +219,7 @@ fn main() -> Result<()> {
     let config = cowstore::StoreConfig {
         io_backend: args.io_backend,
         drop_behind_bytes: args.drop_behind_bytes,
+        log_writer_threads: args.log_writer_threads,
         ..Default::default()
     };
     let store = cowstore::Store::open_or_create(&args.store, config)
@@ -207,6 +234,7 @@ fn main() -> Result<()> {
         }
     }
     let daemon = Daemon::new(store, args.queues);
+    daemon.set_poll_after_write(args.poll_after_write);
     for (name, sock, snapshot) in &args.attach {
         daemon
             .attach(name, sock, *snapshot, None)
