@@ -36,6 +36,7 @@ use vmm_sys_util::event::{
 
 use crate::export::{Export, Stats, MAX_DISCARD_SEG, SEG_MAX, SIZE_MAX};
 use crate::inflight::QueueInflight;
+use crate::poll::Poller;
 use crate::request::{parse, Limits, Request, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
 
 /// Ring size the device accepts at most.
@@ -208,9 +209,8 @@ pub struct BlkBackend {
     /// not run the dead connection's queued requests once the gate opens
     /// (a new frontend may have written newer data since).
     stopped: AtomicBool,
-    /// Whether the last batch a worker ran changed the volume (polling
-    /// follows only those; one flag for all queues: a hint, not a rule).
-    last_pass_wrote: AtomicBool,
+    /// Per queue: polling after passes that wrote (see [`crate::poll`]).
+    pollers: Vec<Poller>,
 }
 
 impl BlkBackend {
@@ -235,7 +235,7 @@ impl BlkBackend {
             busy: (0..export_queues).map(|_| Mutex::new(())).collect(),
             ack_order: AckOrder::default(),
             stopped: AtomicBool::new(false),
-            last_pass_wrote: AtomicBool::new(false),
+            pollers: (0..export_queues).map(|_| Poller::default()).collect(),
         })
     }
 
@@ -343,6 +343,11 @@ impl BlkBackend {
         if !self.event_idx.load(Ordering::Relaxed) {
             return self.process_queue(queue, vring).map(drop);
         }
+        let poller = self
+            .pollers
+            .get(usize::from(queue))
+            .ok_or_else(|| io::Error::other(format!("no queue {queue}")))?;
+        poller.woken(self.export.poll_after_write);
         loop {
             vring
                 .disable_notification()
@@ -353,31 +358,26 @@ impl BlkBackend {
                 // SIGTERM under load: the worker never saw its exit event).
                 return Ok(());
             }
-            if self.poll_for_chains(vring) {
+            let idle_since = std::time::Instant::now();
+            if self.poll_for_chains(poller, vring) {
                 continue;
             }
             let more = vring
                 .enable_notification()
                 .map_err(|e| io::Error::other(e.to_string()))?;
             if !more {
+                poller.sleeping(idle_since);
                 return Ok(());
             }
         }
     }
 
-    /// After a pass that wrote, watches the ring for new chains for up to
-    /// the export's `poll_after_write` before going back to sleep: a guest
-    /// that keeps writing usually sends the next request within tens of
-    /// microseconds of a completion, and on a VM waking a sleeping thread
-    /// costs about as much again (measured, same run: 128 KiB writes at
-    /// depth 8 1.45x, 4 KiB at depth 32 1.24x, 4 KiB at depth 1 3.5x; see
-    /// docs/performance.md). Not after reads: polling there made depth-1
-    /// reads 0.56-0.59x as fast, the woken client apparently waiting behind
-    /// the spinning worker. No PAUSE in the loop: a hypervisor's pause-loop
-    /// exit would deschedule the poller. True when the ring has chains.
-    fn poll_for_chains(&self, vring: &VringRwLock) -> bool {
-        let budget = self.export.poll_after_write;
-        if budget.is_zero() || !self.last_pass_wrote.load(Ordering::Relaxed) {
+    /// Watches the ring for new chains for the poller's budget (see
+    /// [`crate::poll`]); true when it has some. No PAUSE in the loop: a
+    /// hypervisor's pause-loop exiting would deschedule the poller.
+    fn poll_for_chains(&self, poller: &Poller, vring: &VringRwLock) -> bool {
+        let budget = poller.budget(self.export.poll_after_write);
+        if budget.is_zero() {
             return false;
         }
         let Some(atomic) = self.mem.read().clone() else {
@@ -398,8 +398,11 @@ impl BlkBackend {
                     // The ring left guest memory: let the pass report it.
                     Err(_) => return true,
                 }
+                if !queue.ready() {
+                    return false;
+                }
             }
-            if self.stopped() || !vring.get_ref().get_queue().ready() {
+            if self.stopped() {
                 return false;
             }
         }
@@ -496,6 +499,10 @@ impl BlkBackend {
             .busy
             .get(usize::from(queue))
             .ok_or_else(|| io::Error::other(format!("no queue {queue}")))?;
+        let poller = self
+            .pollers
+            .get(usize::from(queue))
+            .ok_or_else(|| io::Error::other(format!("no queue {queue}")))?;
         let ready = || vring.get_ref().get_queue().ready();
         if !resubmit.is_empty() {
             let Some(_batch) = self.admit() else {
@@ -522,12 +529,15 @@ impl BlkBackend {
             if batch.is_empty() {
                 return Ok(Pass::Drained);
             }
-            if batch.len() > 1 && !batch.iter().any(|(_, descs)| mutates(descs, mem)) {
+            let writes = batch.iter().any(|(_, descs)| mutates(descs, mem));
+            if batch.len() > 1 && !writes {
                 let deferred = self.run_pipelined(vring, inflight.as_ref(), track, batch, mem)?;
+                poller.set_wrote(!deferred.is_empty());
                 if !deferred.is_empty() {
                     self.run_closed(vring, inflight.as_ref(), deferred, mem)?;
                 }
             } else {
+                poller.set_wrote(writes);
                 self.run_closed(vring, inflight.as_ref(), batch, mem)?;
             }
         }
@@ -580,9 +590,10 @@ impl BlkBackend {
         mem: &GuestMem,
     ) -> io::Result<()> {
         let n = batch.len() as u64;
-        let writes = batch.iter().any(|(_, descs)| mutates(descs, mem));
-        self.last_pass_wrote.store(writes, Ordering::Relaxed);
-        let ticket = writes.then(|| self.ack_order.begin());
+        let ticket = batch
+            .iter()
+            .any(|(_, descs)| mutates(descs, mem))
+            .then(|| self.ack_order.begin());
         let work = batch
             .iter()
             .map(|(head, descs)| async move { (*head, self.execute(descs, mem).await) });
@@ -628,7 +639,6 @@ impl BlkBackend {
             let used_len = self.execute(&descs, mem).await;
             (head, used_len)
         };
-        self.last_pass_wrote.store(false, Ordering::Relaxed);
         let mut taken = batch.len();
         Stats::add(&self.export.stats.pipelined, taken as u64);
         let mut running: FuturesUnordered<_> = batch.into_iter().map(run).collect();

@@ -255,8 +255,8 @@ pub struct Export {
     pub stats: Stats,
     pub gate: Gate,
     pub num_queues: u16,
-    /// How long a queue worker watches its ring after a pass that wrote
-    /// before it sleeps (see `BlkBackend::poll_for_chains`); zero: never.
+    /// The most a queue worker watches its ring after a pass that wrote
+    /// before it sleeps (adaptive, see [`crate::poll`]); zero: never.
     pub poll_after_write: std::time::Duration,
 }
 

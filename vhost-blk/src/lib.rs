@@ -17,6 +17,7 @@ pub mod control;
 pub mod device;
 pub mod export;
 pub mod inflight;
+pub mod poll;
 pub mod request;
 pub mod server;
 
