@@ -93,6 +93,17 @@ mod tests {
         p.budget_ns.load(Ordering::Relaxed)
     }
 
+    /// A poller after a write pass, grown to the full budget.
+    fn grown() -> Poller {
+        let p = Poller::default();
+        p.set_wrote(true);
+        for _ in 0..5 {
+            p.adapt(Duration::from_micros(45), MAX);
+        }
+        assert_eq!(p.budget(MAX), MAX);
+        p
+    }
+
     #[test]
     fn quick_wake_ups_grow_the_budget_to_the_maximum() {
         let p = Poller::default();
@@ -112,11 +123,7 @@ mod tests {
 
     #[test]
     fn long_sleeps_halve_it_to_zero() {
-        let p = Poller::default();
-        p.set_wrote(true);
-        for _ in 0..5 {
-            p.adapt(Duration::from_micros(45), MAX);
-        }
+        let p = grown();
         let mut seen = Vec::new();
         for _ in 0..6 {
             p.adapt(Duration::from_millis(5), MAX);
@@ -127,11 +134,7 @@ mod tests {
 
     #[test]
     fn no_polling_after_reads_or_when_turned_off() {
-        let p = Poller::default();
-        p.set_wrote(true);
-        for _ in 0..5 {
-            p.adapt(Duration::from_micros(45), MAX);
-        }
+        let p = grown();
         assert_eq!(p.budget(Duration::ZERO), Duration::ZERO);
         p.set_wrote(false);
         assert_eq!(p.budget(MAX), Duration::ZERO);
