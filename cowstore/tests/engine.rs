@@ -501,11 +501,25 @@ fn a_write_dropped_after_its_reservation_fails_the_volume() {
         }
         block_on(vol.flush()).unwrap();
         assert_eq!(block_on(vol.read(0, 64 << 10)).unwrap(), large);
-        let mut fut = Box::pin(vol.write(0, &large));
-        match fut.as_mut().poll(&mut cx) {
-            Poll::Ready(r) => panic!("{io:?}: a large write finished inline: {r:?}"),
-            Poll::Pending => drop(fut),
+        // The writer thread may finish before the first poll looks at its
+        // reply (then nothing was abandoned, and the volume stays healthy):
+        // try until a write is caught pending (CI caught the race once).
+        let mut abandoned = false;
+        for _ in 0..100 {
+            let mut fut = Box::pin(vol.write(0, &large));
+            match fut.as_mut().poll(&mut cx) {
+                Poll::Ready(r) => r.unwrap(),
+                Poll::Pending => {
+                    drop(fut);
+                    abandoned = true;
+                    break;
+                }
+            }
         }
+        assert!(
+            abandoned,
+            "{io:?}: no large write was pending on its first poll"
+        );
         assert!(
             block_on(vol.flush()).is_err(),
             "{io:?}: flush after an abandoned write"
