@@ -33,7 +33,7 @@ use futures::channel::oneshot;
 use io_uring::{opcode, types, IoUring};
 
 use crate::drop_behind::DropBehind;
-pub use crate::log_writer::MAX_LOG_WRITER_THREADS;
+use crate::limits::MAX_LOG_WRITER_THREADS;
 use crate::log_writer::{self, LogWriters, OFFLOAD_MIN_BYTES};
 use crate::segment::SegmentFile;
 

@@ -51,7 +51,7 @@ mod volume;
 pub use error::{Error, Result};
 pub use gc::GcReport;
 pub use inspect::{ByteRange, ObjectKind, SpaceUsage, VerifyError, VerifyReport};
-pub use io::{with_inline_io, IoBackendChoice, MAX_LOG_WRITER_THREADS};
+pub use io::{with_inline_io, IoBackendChoice};
 pub use recovery::RecoveryStats;
 pub use remote::ObjectGcReport;
 pub use snapshot::Snapshot;

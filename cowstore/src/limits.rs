@@ -40,8 +40,13 @@ pub const DEFAULT_DROP_BEHIND_BYTES: u64 = 8 << 20;
 
 /// Log writer threads per store by default: two, so that on a 2-core
 /// machine one copies appends into the page cache while the queue worker
-/// prepares the next (see `io::LogWriters`); segments are spread over them.
+/// prepares the next (see `log_writer`); segments are spread over them.
 pub const DEFAULT_LOG_WRITER_THREADS: usize = 2;
+
+/// At most this many log writer threads per store: appends to one file
+/// serialize in the kernel (the inode lock of a buffered write), so more
+/// threads only help with more files written at once.
+pub const MAX_LOG_WRITER_THREADS: usize = 8;
 
 /// Smallest and largest configurable segment size. The upper bound keeps
 /// in-segment offsets within `u32`.

@@ -17,16 +17,12 @@ use std::thread::JoinHandle;
 use futures::channel::oneshot;
 
 use crate::drop_behind::DropBehind;
+use crate::limits::MAX_LOG_WRITER_THREADS;
 use crate::segment::SegmentFile;
 
 /// Appends at least this long go to a log writer thread; shorter ones cost
 /// about what the hand-over and the wake-up cost, so they stay inline.
 pub const OFFLOAD_MIN_BYTES: usize = 64 << 10;
-
-/// At most this many log writer threads per store: appends to one file
-/// serialize in the kernel (the inode lock of a buffered write), so more
-/// threads only help with more files written at once.
-pub const MAX_LOG_WRITER_THREADS: usize = 8;
 
 /// Writes `bytes` at `offset` of `file`, then tells drop-behind.
 pub(crate) fn append(

@@ -340,19 +340,19 @@ impl BlkBackend {
     /// re-enables notifications and goes again if the driver added chains
     /// meanwhile (the classic EVENT_IDX race).
     pub fn serve(&self, queue: u16, vring: &VringRwLock) -> io::Result<()> {
-        if !self.event_idx.load(Ordering::Relaxed) {
-            return self.process_queue(queue, vring).map(drop);
-        }
         let poller = self
             .pollers
             .get(usize::from(queue))
             .ok_or_else(|| io::Error::other(format!("no queue {queue}")))?;
+        if !self.event_idx.load(Ordering::Relaxed) {
+            return self.process_queue(queue, poller, vring).map(drop);
+        }
         poller.woken(self.export.poll_after_write);
         loop {
             vring
                 .disable_notification()
                 .map_err(|e| io::Error::other(e.to_string()))?;
-            if self.process_queue(queue, vring)? == Pass::Refused {
+            if self.process_queue(queue, poller, vring)? == Pass::Refused {
                 // The chains left in the ring stay there: asking the ring
                 // for "more" again would spin on them forever (it did, at
                 // SIGTERM under load: the worker never saw its exit event).
@@ -483,7 +483,7 @@ impl BlkBackend {
     /// Serves one ring until it has no more available chains (`Drained`),
     /// or until it may not be served: the connection ended, the ring
     /// stopped or has no memory (`Refused`).
-    fn process_queue(&self, queue: u16, vring: &VringRwLock) -> io::Result<Pass> {
+    fn process_queue(&self, queue: u16, poller: &Poller, vring: &VringRwLock) -> io::Result<Pass> {
         let Some(atomic) = self.mem.read().clone() else {
             return Ok(Pass::Refused);
         };
@@ -497,10 +497,6 @@ impl BlkBackend {
         };
         let busy = self
             .busy
-            .get(usize::from(queue))
-            .ok_or_else(|| io::Error::other(format!("no queue {queue}")))?;
-        let poller = self
-            .pollers
             .get(usize::from(queue))
             .ok_or_else(|| io::Error::other(format!("no queue {queue}")))?;
         let ready = || vring.get_ref().get_queue().ready();
@@ -534,11 +530,12 @@ impl BlkBackend {
                 let deferred = self.run_pipelined(vring, inflight.as_ref(), track, batch, mem)?;
                 poller.set_wrote(!deferred.is_empty());
                 if !deferred.is_empty() {
-                    self.run_closed(vring, inflight.as_ref(), deferred, mem)?;
+                    // A pipeline defers only a pop that holds a write.
+                    self.run_closed(vring, inflight.as_ref(), deferred, true, mem)?;
                 }
             } else {
                 poller.set_wrote(writes);
-                self.run_closed(vring, inflight.as_ref(), batch, mem)?;
+                self.run_closed(vring, inflight.as_ref(), batch, writes, mem)?;
             }
         }
     }
@@ -580,20 +577,18 @@ impl BlkBackend {
     }
 
     /// Runs a batch of chains to the end, then publishes all their
-    /// completions: a batch that writes is acknowledged only after every
-    /// earlier write (see [`AckOrder`]).
+    /// completions: a batch that `writes` (holds a chain that [`mutates`])
+    /// is acknowledged only after every earlier write (see [`AckOrder`]).
     fn run_closed(
         &self,
         vring: &VringRwLock,
         inflight: Option<&QueueInflight>,
         batch: Vec<(u16, Vec<Descriptor>)>,
+        writes: bool,
         mem: &GuestMem,
     ) -> io::Result<()> {
         let n = batch.len() as u64;
-        let ticket = batch
-            .iter()
-            .any(|(_, descs)| mutates(descs, mem))
-            .then(|| self.ack_order.begin());
+        let ticket = writes.then(|| self.ack_order.begin());
         let work = batch
             .iter()
             .map(|(head, descs)| async move { (*head, self.execute(descs, mem).await) });

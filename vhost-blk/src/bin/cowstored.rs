@@ -97,10 +97,10 @@ fn parse_args() -> Result<Args> {
             }
             "--log-writers" => {
                 log_writer_threads = value()?.parse().context("--log-writers")?;
-                if log_writer_threads > cowstore::MAX_LOG_WRITER_THREADS {
+                if log_writer_threads > cowstore::limits::MAX_LOG_WRITER_THREADS {
                     bail!(
                         "--log-writers takes 0..={}, got {log_writer_threads}",
-                        cowstore::MAX_LOG_WRITER_THREADS
+                        cowstore::limits::MAX_LOG_WRITER_THREADS
                     );
                 }
             }
