@@ -343,6 +343,7 @@ impl Store {
     /// already hold a store).
     pub fn create(dir: impl AsRef<Path>, config: StoreConfig) -> Result<Store> {
         let dir = dir.as_ref();
+        check_drop_behind(&config)?;
         if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&config.segment_bytes) {
             return Err(Error::Config(format!(
                 "segment size {} outside {MIN_SEGMENT_BYTES}..={MAX_SEGMENT_BYTES}",
@@ -376,6 +377,7 @@ impl Store {
     /// Opens an existing store, recovering from any crash.
     pub fn open(dir: impl AsRef<Path>, config: StoreConfig) -> Result<Store> {
         let dir = dir.as_ref();
+        check_drop_behind(&config)?;
         let format_path = dir.join(FORMAT_FILE);
         let body = match std::fs::read(&format_path) {
             Ok(b) => b,
@@ -832,6 +834,17 @@ impl Drop for Store {
     fn drop(&mut self) {
         self.stop_checkpointer();
     }
+}
+
+/// A zero drop-behind window is a configuration error, not a panic in the
+/// drop-behind thread's setup.
+fn check_drop_behind(config: &StoreConfig) -> Result<()> {
+    if config.drop_behind_bytes == Some(0) {
+        return Err(Error::Config(
+            "drop_behind_bytes must be above 0 (None turns drop-behind off)".into(),
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {

@@ -527,3 +527,22 @@ fn a_write_dropped_after_its_reservation_fails_the_volume() {
         assert!(block_on(vol.write(0, &small)).is_err());
     }
 }
+
+/// A zero drop-behind window is refused with a clear error at create and
+/// open (it used to reach an assertion in the drop-behind thread's setup).
+#[test]
+fn zero_drop_behind_window_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = StoreConfig {
+        drop_behind_bytes: Some(0),
+        ..config(IoBackendChoice::Blocking)
+    };
+    let err = Store::create(dir.path().join("s"), bad.clone()).unwrap_err();
+    assert!(err.to_string().contains("drop_behind_bytes"), "{err}");
+    Store::create(dir.path().join("s"), config(IoBackendChoice::Blocking))
+        .unwrap()
+        .close()
+        .unwrap();
+    let err = Store::open(dir.path().join("s"), bad).unwrap_err();
+    assert!(err.to_string().contains("drop_behind_bytes"), "{err}");
+}
