@@ -843,6 +843,14 @@ async fn fetch_piece(
         bytes.truncate(data_end - data_start);
         (bytes, table)
     } else {
+        if let Source::Segment(seg) = source {
+            let payload_at = u64::from(e.record_offset) + RECORD_HEADER_BYTES as u64;
+            store.io.prefetch(
+                seg,
+                payload_at + table_start as u64,
+                table_end - table_start,
+            );
+        }
         let (data, table) = futures::future::join(
             fetch_range(
                 store,
