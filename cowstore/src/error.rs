@@ -65,6 +65,12 @@ pub enum Error {
         segment_offset: u64,
         why: String,
     },
+    #[error("write to volume {volume:?} at byte {offset_bytes}: cannot take its data: {why}")]
+    WriteData {
+        volume: String,
+        offset_bytes: u64,
+        why: String,
+    },
     #[error("segment {segment_id} is missing from the local store")]
     SegmentMissing { segment_id: u64 },
     #[error("corrupt segment file {path}: {why}")]

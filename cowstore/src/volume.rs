@@ -80,6 +80,8 @@ pub(crate) struct VolumeInner {
     /// disagree, so the volume refuses I/O until the store is reopened
     /// (recovery makes them agree again).
     failed: Mutex<Option<String>>,
+    /// Whether this volume's writes have lately been compressible.
+    compress_hint: record::CompressHint,
 }
 
 impl VolumeInner {
@@ -97,6 +99,7 @@ impl VolumeInner {
             publish_lock: futures::lock::Mutex::new(()),
             deleted: AtomicBool::new(false),
             failed: Mutex::new(None),
+            compress_hint: record::CompressHint::default(),
         }
     }
 
@@ -290,7 +293,28 @@ impl Volume {
     /// length at most [`MAX_IO_BYTES`]. The write is visible to reads when
     /// this returns and durable after the next [`Volume::flush`].
     pub async fn write(&self, offset_bytes: u64, data: &[u8]) -> Result<()> {
-        let len_bytes = data.len() as u64;
+        let mut rest = data;
+        self.write_from(offset_bytes, data.len() as u64, |buf, len| {
+            let (chunk, tail) = rest.split_at(len);
+            buf.extend_from_slice(chunk);
+            rest = tail;
+            Ok(())
+        })
+        .await
+    }
+
+    /// [`Volume::write`] of `len_bytes` taken from `fill`, which appends the
+    /// next `len` bytes of the data to the `Vec` it is given, in order, at
+    /// most one record's worth ([`MAX_RECORD_DATA_BYTES`]) per call. The data
+    /// is copied once, from wherever the caller has it straight into its log
+    /// record (vhost-blk: from guest memory). If `fill` fails, or appends
+    /// other than `len` bytes, the write fails before anything is logged.
+    pub async fn write_from(
+        &self,
+        offset_bytes: u64,
+        len_bytes: u64,
+        mut fill: impl FnMut(&mut Vec<u8>, usize) -> std::result::Result<(), String>,
+    ) -> Result<()> {
         check_range(
             &self.inner.name,
             self.size_bytes(),
@@ -298,18 +322,21 @@ impl Volume {
             len_bytes,
             MAX_IO_BYTES,
         )?;
+        let len_bytes = len_bytes as usize; // at most MAX_IO_BYTES
         let mut batch = Batch::default();
         let first_lba = offset_bytes / SECTOR_BYTES;
-        let chunk_count = data.len().div_ceil(MAX_RECORD_DATA_BYTES);
+        let chunk_count = len_bytes.div_ceil(MAX_RECORD_DATA_BYTES);
         // One allocation for the whole write: headers, data, block tables.
         batch.buf.reserve(
-            data.len()
+            len_bytes
                 + chunk_count
                     * (RECORD_HEADER_BYTES + record::block_crc_table_bytes(MAX_RECORD_DATA_BYTES)),
         );
-        for (i, chunk) in data.chunks(MAX_RECORD_DATA_BYTES).enumerate() {
-            let lba = first_lba + (i * MAX_RECORD_DATA_BYTES) as u64 / SECTOR_BYTES;
-            let sectors = (chunk.len() as u64 / SECTOR_BYTES) as u32;
+        for i in 0..chunk_count {
+            let chunk_start = i * MAX_RECORD_DATA_BYTES;
+            let chunk_len = MAX_RECORD_DATA_BYTES.min(len_bytes - chunk_start);
+            let lba = first_lba + chunk_start as u64 / SECTOR_BYTES;
+            let sectors = (chunk_len as u64 / SECTOR_BYTES) as u32;
             // All records of one write but the last say "continued", so
             // recovery applies the write whole or not at all.
             let continued = if i + 1 < chunk_count {
@@ -317,41 +344,76 @@ impl Volume {
             } else {
                 0
             };
-            match record::encode_chunk(chunk) {
-                None => {
-                    let mut h = header(RecordKind::Zero, self.inner.id, lba, sectors);
-                    h.flags = continued;
-                    batch.push(
-                        h,
-                        &[],
-                        MapEffect::Punch {
-                            lba,
-                            len_sectors: u64::from(sectors),
-                        },
-                    )
-                }
-                Some(encoded) => {
-                    let flags = encoded.flags();
-                    let mut h = header(RecordKind::Write, self.inner.id, lba, sectors);
-                    h.flags = flags | continued;
-                    let extent = Extent {
-                        segment_id: 0, // placed under the lock
-                        record_offset: 0,
-                        stored_len: encoded.stored_len() as u32,
-                        payload_crc: encoded.crc(),
-                        len_sectors: sectors,
-                        skip_sectors: 0,
-                        record_sectors: sectors as u8,
-                        flags,
+            // The data goes where the record's payload starts; the header
+            // is filled in once the payload is known.
+            let at = batch.buf.len();
+            let data_at = at + RECORD_HEADER_BYTES;
+            batch.buf.resize(data_at, 0);
+            fill(&mut batch.buf, chunk_len).map_err(|why| Error::WriteData {
+                volume: self.inner.name.clone(),
+                offset_bytes: offset_bytes + chunk_start as u64,
+                why,
+            })?;
+            if batch.buf.len() != data_at + chunk_len {
+                return Err(Error::WriteData {
+                    volume: self.inner.name.clone(),
+                    offset_bytes: offset_bytes + chunk_start as u64,
+                    why: format!(
+                        "{} bytes given for a chunk of {chunk_len}",
+                        batch.buf.len() - data_at
+                    ),
+                });
+            }
+            let encoded = record::encode_chunk(&batch.buf[data_at..], &self.inner.compress_hint)
+                .map(|e| {
+                    let flags = e.flags();
+                    let crc = e.crc();
+                    let tail = match e {
+                        // Replaces the data.
+                        record::Encoded::Compressed { bytes, .. } => Err(bytes),
+                        // Follows the data.
+                        record::Encoded::Raw { table, .. } => Ok(table),
                     };
-                    batch.push_parts(
-                        h,
-                        encoded.crc(),
-                        &encoded.parts(),
-                        MapEffect::Map { lba, extent },
-                    );
+                    (flags, crc, tail)
+                });
+            let Some((flags, crc, tail)) = encoded else {
+                batch.buf.truncate(at);
+                let mut h = header(RecordKind::Zero, self.inner.id, lba, sectors);
+                h.flags = continued;
+                batch.push(
+                    h,
+                    &[],
+                    MapEffect::Punch {
+                        lba,
+                        len_sectors: u64::from(sectors),
+                    },
+                );
+                continue;
+            };
+            match tail {
+                Ok(table) => batch.buf.extend_from_slice(&table),
+                Err(compressed) => {
+                    batch.buf.truncate(data_at);
+                    batch.buf.extend_from_slice(&compressed);
                 }
             }
+            let stored_len = batch.buf.len() - data_at;
+            let mut h = header(RecordKind::Write, self.inner.id, lba, sectors);
+            h.flags = flags | continued;
+            batch.buf[at..data_at].copy_from_slice(&h.to_bytes(stored_len, crc));
+            let extent = Extent {
+                segment_id: 0, // placed under the lock
+                record_offset: 0,
+                stored_len: stored_len as u32,
+                payload_crc: crc,
+                len_sectors: sectors,
+                skip_sectors: 0,
+                record_sectors: sectors as u8,
+                flags,
+            };
+            batch
+                .records
+                .push((at, batch.buf.len() - at, MapEffect::Map { lba, extent }));
         }
         self.append(batch, |_, _| {}).await.map(drop)
     }

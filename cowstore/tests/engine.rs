@@ -546,3 +546,69 @@ fn zero_drop_behind_window_is_a_config_error() {
     let err = Store::open(dir.path().join("s"), bad).unwrap_err();
     assert!(err.to_string().contains("drop_behind_bytes"), "{err}");
 }
+
+/// `write_from` takes a write's data a record at a time from the caller; a
+/// caller that fails, or gives the wrong number of bytes, fails the write
+/// before anything is logged: the old data stays, also after a reopen.
+#[test]
+fn write_from_takes_data_per_record_and_logs_nothing_when_the_source_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s");
+    let old = pattern(1, 256 << 10);
+    let new = pattern(2, 256 << 10);
+    {
+        let store = Store::create(&path, config(IoBackendChoice::Auto)).unwrap();
+        let vol = store.create_volume("v", 1 << 20).unwrap();
+        block_on(vol.write(0, &old)).unwrap();
+        // Four records' worth, asked for one record at a time, in order.
+        let mut asked = Vec::new();
+        let mut at = 0;
+        block_on(vol.write_from(4096, 192 << 10, |buf, len| {
+            asked.push(len);
+            buf.extend_from_slice(&new[at..at + len]);
+            at += len;
+            Ok(())
+        }))
+        .unwrap();
+        assert_eq!(asked, [64 << 10; 3]);
+        let mut want = old.clone();
+        want[4096..4096 + (192 << 10)].copy_from_slice(&new[..192 << 10]);
+        assert_eq!(block_on(vol.read(0, 256 << 10)).unwrap(), want);
+        block_on(vol.flush()).unwrap();
+        // A source that fails at its second record.
+        let mut calls = 0;
+        let err = block_on(vol.write_from(0, 256 << 10, |buf, len| {
+            calls += 1;
+            if calls == 2 {
+                return Err("guest address outside memory".into());
+            }
+            buf.extend(std::iter::repeat_n(0xee, len));
+            Ok(())
+        }))
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("guest address outside memory"), "{msg}");
+        assert!(msg.contains("at byte 65536"), "{msg}");
+        // A source that gives too few bytes.
+        let err = block_on(vol.write_from(0, 8192, |buf, len| {
+            buf.extend(std::iter::repeat_n(0xee, len - 512));
+            Ok(())
+        }))
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("7680 bytes given for a chunk of 8192"),
+            "{err}"
+        );
+        assert_eq!(block_on(vol.read(0, 256 << 10)).unwrap(), want);
+        block_on(vol.flush()).unwrap();
+        // The volume is still usable.
+        block_on(vol.write(0, &want[..4096])).unwrap();
+        block_on(vol.flush()).unwrap();
+        drop(vol);
+        store.close().unwrap();
+        let store = Store::open(&path, config(IoBackendChoice::Auto)).unwrap();
+        let vol = store.volume("v").unwrap();
+        assert_eq!(block_on(vol.read(0, 256 << 10)).unwrap(), want);
+    }
+}

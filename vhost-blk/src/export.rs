@@ -65,6 +65,20 @@ impl Target {
         }
     }
 
+    /// [`Target::write`] taking the data from `fill` (see
+    /// [`cowstore::Volume::write_from`]).
+    pub async fn write_from(
+        &self,
+        offset: u64,
+        len: u64,
+        fill: impl FnMut(&mut Vec<u8>, usize) -> Result<(), String>,
+    ) -> cowstore::Result<()> {
+        match self {
+            Target::Volume(v) => v.write_from(offset, len, fill).await,
+            Target::Snapshot(_) => Err(self.read_only_error()),
+        }
+    }
+
     pub async fn flush(&self) -> cowstore::Result<()> {
         match self {
             Target::Volume(v) => v.flush().await,
