@@ -292,6 +292,13 @@ impl Volume {
     /// Writes `data` at `offset_bytes`. Both must be multiples of 512; the
     /// length at most [`MAX_IO_BYTES`]. The write is visible to reads when
     /// this returns and durable after the next [`Volume::flush`].
+    ///
+    /// Writes in flight together complete in the order they took their
+    /// place in the log (the order of their first poll): one returns only
+    /// after every earlier one finished its I/O, so that an acknowledged
+    /// write is never one a crash of this process would cut (recovery keeps
+    /// a prefix of the log). As with `flush`, the earlier writes' futures
+    /// must be polled meanwhile (join them, or spawn them).
     pub async fn write(&self, offset_bytes: u64, data: &[u8]) -> Result<()> {
         let mut rest = data;
         self.write_from(offset_bytes, data.len() as u64, |buf, len| {
@@ -758,6 +765,13 @@ impl Volume {
                 .finished(&io.segment, io.offset + io.range.len() as u64);
         }
         self.store.maybe_checkpoint(v);
+        // Complete in log order: recovery keeps a prefix of the log, so a
+        // record written while an earlier one is still on its way would be
+        // cut with it by a crash now; a caller that acknowledges this write
+        // (vhost-blk, to a guest) must not before the earlier ones landed.
+        // Usually nothing earlier is in flight and this returns at once.
+        v.inflight.wait_through(last_seq).await;
+        v.check_usable()?;
         Ok(last_seq)
     }
 

@@ -124,7 +124,8 @@ pub struct Stats {
     pub connections: AtomicU64,
     /// Requests popped and not yet completed.
     pub in_flight: AtomicU64,
-    /// Requests run in a read pipeline rather than a closed batch.
+    /// Requests run in a pipeline (every pop of more than one chain)
+    /// rather than alone.
     pub pipelined: AtomicU64,
     /// Polls after a write pass that found new chains, and that gave up.
     pub poll_hits: AtomicU64,
