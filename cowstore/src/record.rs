@@ -519,20 +519,25 @@ mod tests {
         out
     }
 
+    /// Incompressible bytes (xorshift64).
+    fn random_bytes(len: usize) -> Vec<u8> {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
     /// After a run of incompressible chunks only one in `PROBE_EVERY` is
     /// tried; compressible data is noticed at the next try, and from then
     /// on every chunk is tried again.
     #[test]
     fn compression_backs_off_after_incompressible_runs() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let random: Vec<u8> = (0..65536)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 32) as u8
-            })
-            .collect();
+        let random = random_bytes(65536);
         let text = b"the quick brown fox jumps over the lazy dog ".repeat(1500);
         let text = &text[..65536];
         let compressed = |e: &Encoded<'_>| e.flags() & FLAG_COMPRESSED != 0;
@@ -613,15 +618,7 @@ mod tests {
 
     #[test]
     fn incompressible_chunks_are_stored_raw_without_compressing_them_whole() {
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let random: Vec<u8> = (0..65536)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let random = random_bytes(65536);
         let (flags, payload) = encode_data(&random).unwrap();
         assert_eq!(flags, FLAG_BLOCK_CRCS);
         assert_eq!(&payload[..65536], &random[..]);

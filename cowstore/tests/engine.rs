@@ -470,6 +470,26 @@ fn recovery_replays_only_the_tail_after_the_checkpoint() {
     );
 }
 
+/// A write of `data` at offset 0 caught pending on its first poll: a large
+/// write's I/O runs in a log writer thread, which can finish before the
+/// first poll looks at its reply (CI caught that race once), so up to 100
+/// writes are tried. `None` if every one finished on its first poll.
+fn write_caught_pending<'a>(
+    vol: &'a cowstore::Volume,
+    data: &'a [u8],
+    cx: &mut std::task::Context<'_>,
+) -> Option<std::pin::Pin<Box<impl std::future::Future<Output = cowstore::Result<()>> + 'a>>> {
+    use std::future::Future;
+    for _ in 0..100 {
+        let mut fut = Box::pin(vol.write(0, data));
+        match fut.as_mut().poll(cx) {
+            std::task::Poll::Ready(r) => r.unwrap(),
+            std::task::Poll::Pending => return Some(fut),
+        }
+    }
+    None
+}
+
 /// A write whose future is dropped after it took its place in the log (a
 /// cancelled task) would leave a gap that recovery cuts at. Small writes,
 /// and any write inside `with_inline_io`, are inline: their future finishes
@@ -480,7 +500,7 @@ fn recovery_replays_only_the_tail_after_the_checkpoint() {
 #[test]
 fn a_write_dropped_after_its_reservation_fails_the_volume() {
     use std::future::Future;
-    use std::task::{Context, Poll};
+    use std::task::Context;
     for io in [IoBackendChoice::Uring, IoBackendChoice::Blocking] {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::create(dir.path().join("s"), config(io)).unwrap();
@@ -504,22 +524,12 @@ fn a_write_dropped_after_its_reservation_fails_the_volume() {
         // The writer thread may finish before the first poll looks at its
         // reply (then nothing was abandoned, and the volume stays healthy):
         // try until a write is caught pending (CI caught the race once).
-        let mut abandoned = false;
-        for _ in 0..100 {
-            let mut fut = Box::pin(vol.write(0, &large));
-            match fut.as_mut().poll(&mut cx) {
-                Poll::Ready(r) => r.unwrap(),
-                Poll::Pending => {
-                    drop(fut);
-                    abandoned = true;
-                    break;
-                }
-            }
-        }
+        let pending = write_caught_pending(&vol, &large, &mut cx);
         assert!(
-            abandoned,
+            pending.is_some(),
             "{io:?}: no large write was pending on its first poll"
         );
+        drop(pending);
         assert!(
             block_on(vol.flush()).is_err(),
             "{io:?}: flush after an abandoned write"
@@ -620,7 +630,7 @@ fn write_from_takes_data_per_record_and_logs_nothing_when_the_source_fails() {
 #[test]
 fn writes_in_flight_complete_in_log_order() {
     use std::future::Future;
-    use std::task::{Context, Poll};
+    use std::task::Context;
     for io in [IoBackendChoice::Uring, IoBackendChoice::Blocking] {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::create(dir.path().join("s"), config(io)).unwrap();
@@ -629,20 +639,9 @@ fn writes_in_flight_complete_in_log_order() {
         let mut cx = Context::from_waker(&waker);
         let large = pattern(1, 64 << 10);
         let small = pattern(2, 4096);
-        // The large write goes to a log writer thread; catch it pending on
-        // its first poll (the thread can beat the poll: try again).
-        let mut earlier = None;
-        for _ in 0..100 {
-            let mut fut = Box::pin(vol.write(0, &large));
-            match fut.as_mut().poll(&mut cx) {
-                Poll::Ready(r) => r.unwrap(),
-                Poll::Pending => {
-                    earlier = Some(fut);
-                    break;
-                }
-            }
-        }
-        let mut earlier = earlier.expect("no large write was pending on its first poll");
+        // The large write goes to a log writer thread.
+        let mut earlier = write_caught_pending(&vol, &large, &mut cx)
+            .expect("no large write was pending on its first poll");
         // The small write's I/O is inline and done on its first poll, but
         // it is not complete while the earlier write is not.
         let mut later = Box::pin(vol.write(128 << 10, &small));
