@@ -225,13 +225,13 @@ impl StoreInner {
         // Every write to the segment (the seal last) must be complete and
         // durable before its bytes are read for upload.
         if meta.kind == SegmentKind::Log {
+            if self.log_segment_open(&meta) {
+                return Err(Error::ObjectStore(format!(
+                    "segment {id} is still being written"
+                )));
+            }
             let owner = self.volumes.read().get(&meta.volume_id).cloned();
             if let Some(v) = owner {
-                if v.state.read().tail.segment.id == id {
-                    return Err(Error::ObjectStore(format!(
-                        "segment {id} is still being written"
-                    )));
-                }
                 Volume {
                     store: self.clone(),
                     inner: v,
@@ -554,6 +554,31 @@ impl StoreInner {
     /// Called at open: take the leases of every local volume, queue uploads
     /// of sealed segments not yet in the bucket, publish snapshots that were
     /// not.
+    /// A log segment of a live volume at or past its tail: still being
+    /// written (the tail) or yet to be (its spare, see
+    /// `volume::SpareSegment`). Every other segment is complete.
+    pub(crate) fn log_segment_open(&self, meta: &SegmentMeta) -> bool {
+        meta.kind == SegmentKind::Log
+            && self
+                .volumes
+                .read()
+                .get(&meta.volume_id)
+                .is_some_and(|v| meta.chain_index >= v.state.read().tail.chain_index)
+    }
+
+    /// Local segments no log appends to any more (GC's tail aside).
+    fn complete_local_segments(&self) -> Result<Vec<u64>> {
+        let metas: Vec<SegmentMeta> = Catalog::all(&self.catalog.segments)?;
+        // Not under the segments lock: `log_segment_open` takes volume
+        // state locks, and a log roll takes the segments lock under one.
+        let local: HashSet<u64> = self.segments.read().keys().copied().collect();
+        Ok(metas
+            .iter()
+            .filter(|m| local.contains(&m.id) && !self.log_segment_open(m))
+            .map(|m| m.id)
+            .collect())
+    }
+
     pub(crate) fn tier_resume(self: &Arc<Self>) -> Result<()> {
         let names: Vec<String> = self
             .volumes
@@ -564,17 +589,8 @@ impl StoreInner {
         for name in names {
             self.acquire_lease(&name)?;
         }
-        let tails: HashSet<u64> = self
-            .volumes
-            .read()
-            .values()
-            .map(|v| v.state.read().tail.segment.id)
-            .collect();
-        let local: Vec<u64> = self.segments.read().keys().copied().collect();
-        for id in local {
-            if !tails.contains(&id) {
-                self.enqueue_upload(id);
-            }
+        for id in self.complete_local_segments()? {
+            self.enqueue_upload(id);
         }
         let metas: Vec<SnapshotMeta> = Catalog::all(&self.catalog.snapshots)?;
         for m in metas.into_iter().filter(|m| !m.published) {
@@ -619,16 +635,9 @@ impl Store {
     /// the object store, and waits.
     pub fn sync_tier(&self) -> Result<()> {
         let s = &self.inner;
-        let tails: HashSet<u64> = s
-            .volumes
-            .read()
-            .values()
-            .map(|v| v.state.read().tail.segment.id)
-            .collect();
         let gc_tail = s.gc_tail.lock().as_ref().map(|(seg, _)| seg.id);
-        let local: Vec<u64> = s.segments.read().keys().copied().collect();
-        for id in local {
-            if !tails.contains(&id) && Some(id) != gc_tail {
+        for id in s.complete_local_segments()? {
+            if Some(id) != gc_tail {
                 futures::executor::block_on(s.upload_segment(id, FOREGROUND_PATIENCE))?;
             }
         }

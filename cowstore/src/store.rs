@@ -117,7 +117,8 @@ pub(crate) struct StoreInner {
     /// Held shared while a map is being cloned into a new volume, and
     /// exclusively while the cleaner rewrites maps.
     pub relocation: RwLock<()>,
-    checkpoint_tx: Mutex<Option<mpsc::Sender<u64>>>,
+    /// Work for the background thread (`cowstore-ckpt`).
+    background_tx: Mutex<Option<mpsc::Sender<Background>>>,
     /// The active GC output segment, if any (appended to by the cleaner only).
     pub gc_tail: Mutex<Option<(Arc<SegmentFile>, u64)>>,
     pub tier: Option<ObjectTier>,
@@ -184,16 +185,46 @@ impl StoreInner {
         Ok(seg)
     }
 
-    /// Moves a volume's log to a new segment (the caller wrote the seal).
+    /// Moves a volume's log to a new segment (the caller wrote the seal),
+    /// the spare made ahead by the background thread when there is one,
+    /// then asks for the next spare.
+    ///
+    /// Why spares: making a segment durable (catalog entry, file, two
+    /// fsyncs) took 1.4 ms at the median and 6.7 ms at p90 (28 ms at worst)
+    /// on 128 KiB writes at 1.3 GB/s, about 50 times a second, with the
+    /// volume's lock held: every write of the volume waited.
     pub fn roll_log(&self, v: &VolumeInner, st: &mut VolState) -> Result<()> {
         let next = st.tail.chain_index + 1;
-        let seg = self.new_segment(SegmentKind::Log, v.id, next)?;
+        let seg = match v.spare.take_for(next) {
+            Some(seg) => seg,
+            None => self.new_segment(SegmentKind::Log, v.id, next)?,
+        };
         st.tail = LogTail {
             segment: seg,
             chain_index: next,
             offset: SEGMENT_HEADER_BYTES,
         };
+        if v.spare.queue(next + 1) {
+            if let Some(tx) = self.background_tx.lock().as_ref() {
+                let _ = tx.send(Background::SpareSegment(v.id));
+            }
+        }
         Ok(())
+    }
+
+    /// Makes the spare segment queued for `v`, unless `roll_log` took the
+    /// job back meanwhile (see [`crate::volume::SpareSegment`]).
+    fn make_spare(&self, v: &VolumeInner) {
+        let Some(chain_index) = v.spare.start() else {
+            return;
+        };
+        match self.new_segment(SegmentKind::Log, v.id, chain_index) {
+            Ok(seg) => v.spare.made(chain_index, seg),
+            Err(e) => {
+                tracing::warn!(volume = %v.name, "cannot make a spare log segment: {e}");
+                v.spare.failed();
+            }
+        }
     }
 
     /// Queues a background checkpoint when enough log has accumulated.
@@ -204,8 +235,8 @@ impl StoreInner {
         if v.ckpt_queued.swap(true, Ordering::AcqRel) {
             return;
         }
-        if let Some(tx) = self.checkpoint_tx.lock().as_ref() {
-            let _ = tx.send(v.id);
+        if let Some(tx) = self.background_tx.lock().as_ref() {
+            let _ = tx.send(Background::Checkpoint(v.id));
         }
     }
 
@@ -433,7 +464,7 @@ impl Store {
             snapshots: RwLock::new(BTreeMap::new()),
             admin: Mutex::new(()),
             relocation: RwLock::new(()),
-            checkpoint_tx: Mutex::new(Some(tx)),
+            background_tx: Mutex::new(Some(tx)),
             gc_tail: Mutex::new(None),
             tier,
             remote: RwLock::new(HashMap::new()),
@@ -480,7 +511,7 @@ impl Store {
     }
 
     fn stop_checkpointer(&mut self) {
-        self.inner.checkpoint_tx.lock().take();
+        self.inner.background_tx.lock().take();
         if let Some(t) = self.checkpointer.take() {
             let _ = t.join();
         }
@@ -855,15 +886,28 @@ pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {
     }
 }
 
-fn checkpointer(store: Weak<StoreInner>, rx: mpsc::Receiver<u64>) {
-    while let Ok(id) = rx.recv() {
+/// What the background thread does for a volume (by id).
+enum Background {
+    Checkpoint(u64),
+    /// Make the volume's next log segment ahead of need.
+    SpareSegment(u64),
+}
+
+fn checkpointer(store: Weak<StoreInner>, rx: mpsc::Receiver<Background>) {
+    while let Ok(job) = rx.recv() {
         let Some(store) = store.upgrade() else { return };
-        let v = store.volumes.read().get(&id).cloned();
-        if let Some(v) = v {
-            v.ckpt_queued.store(false, Ordering::Release);
-            if let Err(e) = store.checkpoint_volume(&v) {
-                tracing::warn!(volume = %v.name, "background checkpoint failed: {e}");
+        let (Background::Checkpoint(id) | Background::SpareSegment(id)) = job;
+        let Some(v) = store.volumes.read().get(&id).cloned() else {
+            continue;
+        };
+        match job {
+            Background::Checkpoint(_) => {
+                v.ckpt_queued.store(false, Ordering::Release);
+                if let Err(e) = store.checkpoint_volume(&v) {
+                    tracing::warn!(volume = %v.name, "background checkpoint failed: {e}");
+                }
             }
+            Background::SpareSegment(_) => store.make_spare(&v),
         }
     }
 }

@@ -82,6 +82,8 @@ pub(crate) struct VolumeInner {
     failed: Mutex<Option<String>>,
     /// Whether this volume's writes have lately been compressible.
     compress_hint: record::CompressHint,
+    /// The log's next segment, made ahead by the background thread.
+    pub spare: SpareSegment,
 }
 
 impl VolumeInner {
@@ -100,6 +102,7 @@ impl VolumeInner {
             deleted: AtomicBool::new(false),
             failed: Mutex::new(None),
             compress_hint: record::CompressHint::default(),
+            spare: SpareSegment::default(),
         }
     }
 
@@ -119,6 +122,90 @@ impl VolumeInner {
     fn fail(&self, why: String) {
         tracing::error!(volume = %self.name, "volume failed: {why}");
         self.failed.lock().get_or_insert(why);
+    }
+}
+
+/// A volume's next log segment, made by the store's background thread
+/// while the log fills the current one, so that rolling to it costs no
+/// fsync under the volume's lock (see `StoreInner::roll_log`).
+///
+/// A spare is in the catalog with the chain index after the tail's, so no
+/// other segment may ever be made for that index: `roll_log` either takes
+/// the spare, waits for one being made, or takes the job back while it is
+/// only queued and makes the segment itself. A spare left over by a crash
+/// or a close is past the end of the log, and recovery removes it like any
+/// segment past the end.
+#[derive(Default)]
+pub(crate) struct SpareSegment {
+    state: Mutex<Spare>,
+    changed: parking_lot::Condvar,
+}
+
+#[derive(Default)]
+enum Spare {
+    #[default]
+    None,
+    /// Asked for, not started: `roll_log` may take the job back.
+    Queued(u64),
+    /// Being made by the background thread.
+    Making(u64),
+    Ready(u64, Arc<SegmentFile>),
+}
+
+impl SpareSegment {
+    /// Asks for a spare for `chain_index`; true if the background thread
+    /// should be told (nothing was asked for yet).
+    pub fn queue(&self, chain_index: u64) -> bool {
+        let mut st = self.state.lock();
+        if !matches!(*st, Spare::None) {
+            return false;
+        }
+        *st = Spare::Queued(chain_index);
+        true
+    }
+
+    /// The background thread starts on the queued spare, if it still is.
+    pub fn start(&self) -> Option<u64> {
+        let mut st = self.state.lock();
+        let Spare::Queued(chain_index) = *st else {
+            return None;
+        };
+        *st = Spare::Making(chain_index);
+        Some(chain_index)
+    }
+
+    pub fn made(&self, chain_index: u64, segment: Arc<SegmentFile>) {
+        *self.state.lock() = Spare::Ready(chain_index, segment);
+        self.changed.notify_all();
+    }
+
+    pub fn failed(&self) {
+        *self.state.lock() = Spare::None;
+        self.changed.notify_all();
+    }
+
+    /// The spare for `chain_index`, waiting if it is being made; `None`
+    /// when there is none (a queued job is taken back: the caller makes
+    /// the segment).
+    pub fn take_for(&self, chain_index: u64) -> Option<Arc<SegmentFile>> {
+        let mut st = self.state.lock();
+        loop {
+            match std::mem::take(&mut *st) {
+                Spare::Ready(index, segment) if index == chain_index => return Some(segment),
+                Spare::Making(index) if index == chain_index => {
+                    *st = Spare::Making(index);
+                    self.changed.wait(&mut st);
+                }
+                Spare::None | Spare::Queued(_) => return None,
+                other => {
+                    // A spare is only ever asked for the index after the
+                    // tail's, and the tail moves only through here.
+                    debug_assert!(false, "spare segment for another chain index");
+                    *st = other;
+                    return None;
+                }
+            }
+        }
     }
 }
 

@@ -658,3 +658,65 @@ fn writes_in_flight_complete_in_log_order() {
         assert_eq!(block_on(vol.read(128 << 10, 4096)).unwrap(), small);
     }
 }
+
+/// The log rolls onto a spare segment made ahead in the background (a
+/// header-only file past the tail that later holds data); a spare left by
+/// a crash lies past the end of the log, and recovery removes it and keeps
+/// every flushed byte.
+#[test]
+fn spare_segments_are_made_ahead_and_dropped_past_the_log_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s");
+    let segments = path.join("segments");
+    // Header-only segment files: spares not rolled onto yet.
+    let spares = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&segments)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| std::fs::metadata(p).unwrap().len() == 64)
+            .collect()
+    };
+    let wait_for_spare = || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let [one] = spares().as_slice() {
+                return one.clone();
+            }
+            assert!(std::time::Instant::now() < deadline, "no spare was made");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    let data = pattern(7, 2 << 20);
+    let store = Store::create(&path, config(IoBackendChoice::Auto)).unwrap();
+    let vol = store.create_volume("v", 4 << 20).unwrap();
+    // 16 KiB writes: four to a 64 KiB segment, so the log rolls often.
+    let write = |range: std::ops::Range<usize>| {
+        for at in range.step_by(16 << 10) {
+            block_on(vol.write(at as u64, &data[at..at + (16 << 10)])).unwrap();
+        }
+        block_on(vol.flush()).unwrap();
+    };
+    write(0..1 << 20);
+    let spare = wait_for_spare();
+    write(1 << 20..(1 << 20) + (256 << 10));
+    assert!(
+        std::fs::metadata(&spare).unwrap().len() > 64,
+        "the log did not roll onto the spare"
+    );
+    let next_spare = wait_for_spare();
+    assert_ne!(next_spare, spare);
+    drop(vol);
+    store.abandon();
+    let store = Store::open(&path, config(IoBackendChoice::Auto)).unwrap();
+    assert!(
+        !next_spare.exists(),
+        "recovery kept a spare past the log end"
+    );
+    assert!(spares().is_empty());
+    let vol = store.volume("v").unwrap();
+    let end = (1 << 20) + (256 << 10);
+    assert_eq!(block_on(vol.read(0, end as u64)).unwrap(), data[..end]);
+    // The log goes on from there.
+    block_on(vol.write(0, &data[..4096])).unwrap();
+    block_on(vol.flush()).unwrap();
+}
