@@ -131,24 +131,9 @@ impl RecordHeader {
     /// Appends the header and `payload` to `out`. `self.stored_len` and
     /// `self.payload_crc` are computed here.
     pub fn encode_with_payload(self, payload: &[u8], out: &mut Vec<u8>) {
-        self.encode_with_parts(crc32c::crc32c(payload), &[payload], out);
-    }
-
-    /// Appends the header and the payload made of `parts` (in order) to
-    /// `out`, given the crc32c of the whole payload: the write path knows it
-    /// from the block checksums and so never checksums the data twice.
-    pub fn encode_with_parts(self, payload_crc: u32, parts: &[&[u8]], out: &mut Vec<u8>) {
-        let stored: usize = parts.iter().map(|p| p.len()).sum();
-        debug_assert_eq!(
-            parts.iter().fold(0, |c, p| crc32c::crc32c_append(c, p)),
-            payload_crc,
-            "payload crc given does not match the payload"
-        );
-        out.reserve(RECORD_HEADER_BYTES + stored);
-        out.extend_from_slice(&self.to_bytes(stored, payload_crc));
-        for part in parts {
-            out.extend_from_slice(part);
-        }
+        out.reserve(RECORD_HEADER_BYTES + payload.len());
+        out.extend_from_slice(&self.to_bytes(payload.len(), crc32c::crc32c(payload)));
+        out.extend_from_slice(payload);
     }
 
     /// The header's bytes, for a payload of `stored_len` bytes whose crc32c
@@ -299,10 +284,6 @@ impl Encoded<'_> {
             Encoded::Compressed { bytes, .. } => [bytes, &[]],
             Encoded::Raw { data, table, .. } => [data, table],
         }
-    }
-
-    pub fn stored_len(&self) -> usize {
-        self.parts().iter().map(|p| p.len()).sum()
     }
 }
 

@@ -254,20 +254,8 @@ struct Batch {
 
 impl Batch {
     fn push(&mut self, header: RecordHeader, payload: &[u8], effect: MapEffect) {
-        self.push_parts(header, crc32c::crc32c(payload), &[payload], effect);
-    }
-
-    /// Appends a record whose payload is `parts` with crc32c `payload_crc`
-    /// (copied once, straight from the caller's data into the batch).
-    fn push_parts(
-        &mut self,
-        header: RecordHeader,
-        payload_crc: u32,
-        parts: &[&[u8]],
-        effect: MapEffect,
-    ) {
         let at = self.buf.len();
-        header.encode_with_parts(payload_crc, parts, &mut self.buf);
+        header.encode_with_payload(payload, &mut self.buf);
         self.records.push((at, self.buf.len() - at, effect));
     }
 }
@@ -458,19 +446,9 @@ impl Volume {
                     ),
                 });
             }
-            let encoded = record::encode_chunk(&batch.buf[data_at..], &self.inner.compress_hint)
-                .map(|e| {
-                    let flags = e.flags();
-                    let crc = e.crc();
-                    let tail = match e {
-                        // Replaces the data.
-                        record::Encoded::Compressed { bytes, .. } => Err(bytes),
-                        // Follows the data.
-                        record::Encoded::Raw { table, .. } => Ok(table),
-                    };
-                    (flags, crc, tail)
-                });
-            let Some((flags, crc, tail)) = encoded else {
+            let Some(encoded) =
+                record::encode_chunk(&batch.buf[data_at..], &self.inner.compress_hint)
+            else {
                 batch.buf.truncate(at);
                 let mut h = header(RecordKind::Zero, self.inner.id, lba, sectors);
                 h.flags = continued;
@@ -484,14 +462,22 @@ impl Volume {
                 );
                 continue;
             };
-            match tail {
-                Ok(table) => batch.buf.extend_from_slice(&table),
-                Err(compressed) => {
+            let (flags, crc) = (encoded.flags(), encoded.crc());
+            match encoded {
+                // The block checksum table follows the data.
+                record::Encoded::Raw { table, .. } => batch.buf.extend_from_slice(&table),
+                // The compressed bytes replace the data.
+                record::Encoded::Compressed { bytes, .. } => {
                     batch.buf.truncate(data_at);
-                    batch.buf.extend_from_slice(&compressed);
+                    batch.buf.extend_from_slice(&bytes);
                 }
             }
             let stored_len = batch.buf.len() - data_at;
+            debug_assert_eq!(
+                crc32c::crc32c(&batch.buf[data_at..]),
+                crc,
+                "payload crc combined from the blocks does not match the payload"
+            );
             let mut h = header(RecordKind::Write, self.inner.id, lba, sectors);
             h.flags = flags | continued;
             batch.buf[at..data_at].copy_from_slice(&h.to_bytes(stored_len, crc));

@@ -58,15 +58,8 @@ impl Target {
         }
     }
 
-    pub async fn write(&self, offset: u64, data: &[u8]) -> cowstore::Result<()> {
-        match self {
-            Target::Volume(v) => v.write(offset, data).await,
-            Target::Snapshot(_) => Err(self.read_only_error()),
-        }
-    }
-
-    /// [`Target::write`] taking the data from `fill` (see
-    /// [`cowstore::Volume::write_from`]).
+    /// Writes `len` bytes at `offset`, taken from `fill` (see
+    /// [`cowstore::Volume::write_from`]); a snapshot refuses.
     pub async fn write_from(
         &self,
         offset: u64,
