@@ -92,10 +92,32 @@ impl Checkpoint {
         let tmp = path.with_extension("tmp");
         let io = |e| Error::io(&tmp, e);
         let file = File::create(&tmp).map_err(io)?;
-        let mut w = CrcWriter {
-            inner: BufWriter::with_capacity(1 << 20, file),
-            crc: 0,
-        };
+        let buffered = self
+            .encode_into(BufWriter::with_capacity(1 << 20, file))
+            .map_err(io)?;
+        let file = buffered
+            .into_inner()
+            .map_err(|e| Error::io(&tmp, e.into_error()))?;
+        file.sync_all().map_err(io)?;
+        drop(file);
+        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        sync_dir(dir)
+    }
+
+    /// The checkpoint as one buffer, byte-identical to the file `write`
+    /// makes (what the object tier uploads).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let len_bytes = HEADER_BYTES as usize + self.map.len() * ENTRY_BYTES as usize + 4;
+        let mut bytes = Vec::with_capacity(len_bytes);
+        // Writing into a Vec cannot fail.
+        let written = self.encode_into(&mut bytes).is_ok();
+        debug_assert!(written && bytes.len() == len_bytes);
+        bytes
+    }
+
+    /// Streams header, entries and the crc trailer into `out`.
+    fn encode_into<W: Write>(&self, out: W) -> std::io::Result<W> {
+        let mut w = CrcWriter { inner: out, crc: 0 };
         let mut header = [0u8; HEADER_BYTES as usize];
         header[0..8].copy_from_slice(MAGIC);
         header[8] = match self.kind {
@@ -113,7 +135,7 @@ impl Checkpoint {
         ] {
             header[at..at + 8].copy_from_slice(&v.to_le_bytes());
         }
-        w.write_all(&header).map_err(io)?;
+        w.write_all(&header)?;
         let mut entry = [0u8; ENTRY_BYTES as usize];
         for (lba, e) in self.map.iter() {
             entry[0..8].copy_from_slice(&lba.to_le_bytes());
@@ -125,18 +147,12 @@ impl Checkpoint {
             entry[32] = e.skip_sectors;
             entry[33] = e.record_sectors;
             entry[34] = e.flags;
-            w.write_all(&entry).map_err(io)?;
+            w.write_all(&entry)?;
         }
         let crc = w.crc;
-        let mut inner = w.inner;
-        inner.write_all(&crc.to_le_bytes()).map_err(io)?;
-        let file = inner
-            .into_inner()
-            .map_err(|e| Error::io(&tmp, e.into_error()))?;
-        file.sync_all().map_err(io)?;
-        drop(file);
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
-        sync_dir(dir)
+        let mut out = w.inner;
+        out.write_all(&crc.to_le_bytes())?;
+        Ok(out)
     }
 
     /// Reads and verifies a checkpoint. The extent count is checked against
@@ -274,6 +290,11 @@ mod tests {
         c.write(dir.path()).unwrap();
         let path = checkpoint_path(dir.path(), CheckpointKind::Volume, 5);
         let back = Checkpoint::read(&path).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            c.to_bytes(),
+            "file and object differ"
+        );
         assert_eq!(back.seq, 77);
         assert_eq!(back.replay_from, c.replay_from);
         assert_eq!(

@@ -330,29 +330,52 @@ impl StoreInner {
         self.upload_segment(id, FOREGROUND_PATIENCE).await
     }
 
-    async fn put_checkpoint_object(
-        self: &Arc<Self>,
-        key: String,
-        local: std::path::PathBuf,
-    ) -> Result<u64> {
+    /// Puts a checkpoint object (create-only). Its name carries a crc of
+    /// its content, so an object already there should hold these very
+    /// bytes; it is read back and compared, since a manifest naming a
+    /// checkpoint that reads other segments than it lists would not
+    /// restore. Returns its size.
+    async fn put_checkpoint_object(self: &Arc<Self>, key: &str, bytes: Vec<u8>) -> Result<u64> {
         let tier = self.tier()?;
-        let body = Bytes::from(std::fs::read(&local).map_err(|e| Error::io(&local, e))?);
-        let len = body.len() as u64;
+        let len = bytes.len() as u64;
+        let body = Bytes::from(bytes);
         let h = tier.handle();
-        tier.run(async move { h.put_create(&key, body, FOREGROUND_PATIENCE).await })
+        let (k, b) = (key.to_string(), body.clone());
+        let created = tier
+            .run(async move { h.put_create(&k, b, FOREGROUND_PATIENCE).await })
             .await?;
+        if created == Created::AlreadyThere {
+            let h = tier.handle();
+            let k = key.to_string();
+            let there = tier.run(async move { h.get(&k).await }).await?;
+            if there.as_ref().map(|(b, _)| b) != Some(&body) {
+                return Err(Error::ObjectStore(format!(
+                    "{key} exists with other content: checkpoint name collision"
+                )));
+            }
+        }
         Ok(len)
     }
 
     /// Publishes a snapshot: its checkpoint, every segment it reads, then
-    /// its manifest (create-only).
+    /// its manifest (create-only). A manifest already in the bucket (a
+    /// publish cut off after its put) is kept, and what it names is checked.
     pub(crate) async fn publish_snapshot(
         self: &Arc<Self>,
         snap: Arc<SnapshotInner>,
     ) -> Result<SnapshotManifest> {
         let tier = self.tier()?;
         snap.write_checkpoint(&self.ckpt_dir, false)?;
-        let ids: BTreeSet<u64> = snap.map.read().iter().map(|(_, e)| e.segment_id).collect();
+        let key = ObjectTier::snapshot_manifest_key(&snap.meta.name);
+        if let Some(existing) = self.get_manifest::<SnapshotManifest>(&key).await? {
+            return self.keep_published(&snap, existing).await;
+        }
+        // One copy of the map gives both the checkpoint object and the
+        // segment list: the cleaner may move extents meanwhile, and a
+        // manifest whose checkpoint reads a segment it does not name would
+        // not restore.
+        let ckpt = snap.checkpoint();
+        let ids: BTreeSet<u64> = ckpt.map.iter().map(|(_, e)| e.segment_id).collect();
         // A snapshot recovered from its marker after a crash may read from
         // its volume's unsealed tail (the crash came before the seal): seal
         // it first, since only sealed segments are uploaded.
@@ -371,14 +394,11 @@ impl StoreInner {
         for id in ids {
             refs.push(self.ensure_uploaded(id).await?);
         }
+        let ckpt_bytes = ckpt.to_bytes();
+        drop(ckpt);
         let m = &snap.meta;
-        let ckpt_key = ObjectTier::snapshot_checkpoint_key(m.id);
-        let ckpt_bytes = self
-            .put_checkpoint_object(
-                ckpt_key.clone(),
-                checkpoint_path(&self.ckpt_dir, CheckpointKind::Snapshot, m.id),
-            )
-            .await?;
+        let ckpt_key = ObjectTier::snapshot_checkpoint_key(m.id, &ckpt_bytes);
+        let ckpt_len = self.put_checkpoint_object(&ckpt_key, ckpt_bytes).await?;
         // What this snapshot adds over the volume's previous one.
         let previous: HashSet<u64> = self
             .snapshots
@@ -393,7 +413,7 @@ impl StoreInner {
             .filter(|r| !previous.contains(&r.id))
             .map(|r| r.bytes)
             .sum::<u64>()
-            + ckpt_bytes;
+            + ckpt_len;
         let manifest = SnapshotManifest {
             format: MANIFEST_FORMAT,
             name: m.name.clone(),
@@ -407,7 +427,6 @@ impl StoreInner {
             segments: refs,
             added_bytes,
         };
-        let key = ObjectTier::snapshot_manifest_key(&m.name);
         let body = Bytes::from(manifest::encode(&manifest));
         let h = tier.handle();
         let k = key.clone();
@@ -416,19 +435,61 @@ impl StoreInner {
             .await?
             == Created::AlreadyThere
         {
-            let existing = self.get_manifest::<SnapshotManifest>(&key).await?;
-            if existing.as_ref().map(|e| e.id) != Some(m.id) {
-                return Err(Error::AlreadyExists(format!(
-                    "{} (in the object store)",
-                    m.name
-                )));
-            }
+            // Another publish of the same snapshot won the race.
+            let existing = self
+                .get_manifest::<SnapshotManifest>(&key)
+                .await?
+                .ok_or_else(|| Error::ObjectNotFound(key.clone()))?;
+            return self.keep_published(&snap, existing).await;
         }
-        let mut meta = m.clone();
-        meta.published = true;
-        Catalog::put(&self.catalog.snapshots, m.id, &meta)?;
+        self.mark_published(&snap)?;
         tracing::info!(snapshot = %m.name, added_bytes, "snapshot published");
         Ok(manifest)
+    }
+
+    /// Adopts a manifest found in the bucket under the snapshot's name as
+    /// its publication, once it is known to be this snapshot's and every
+    /// object it names is there (re-uploaded from local copies if a server
+    /// lost them).
+    async fn keep_published(
+        self: &Arc<Self>,
+        snap: &SnapshotInner,
+        existing: SnapshotManifest,
+    ) -> Result<SnapshotManifest> {
+        let m = &snap.meta;
+        if existing.id != m.id {
+            return Err(Error::AlreadyExists(format!(
+                "{} (in the object store)",
+                m.name
+            )));
+        }
+        let tier = self.tier()?;
+        for r in &existing.segments {
+            let h = tier.handle();
+            let k = ObjectTier::segment_key(r.id);
+            if tier.run(async move { h.head(&k).await }).await?.is_none() {
+                self.ensure_uploaded(r.id).await?;
+            }
+        }
+        let h = tier.handle();
+        let k = existing.checkpoint.clone();
+        if tier.run(async move { h.head(&k).await }).await?.is_none() {
+            // Rebuildable only if the map is still the one it named.
+            let bytes = snap.checkpoint().to_bytes();
+            if ObjectTier::snapshot_checkpoint_key(m.id, &bytes) != existing.checkpoint {
+                return Err(Error::ObjectNotFound(existing.checkpoint));
+            }
+            self.put_checkpoint_object(&existing.checkpoint, bytes)
+                .await?;
+        }
+        self.mark_published(snap)?;
+        Ok(existing)
+    }
+
+    fn mark_published(&self, snap: &SnapshotInner) -> Result<()> {
+        let mut meta = snap.meta.clone();
+        meta.published = true;
+        Catalog::put(&self.catalog.snapshots, meta.id, &meta)
     }
 
     pub(crate) async fn get_manifest<T: serde::de::DeserializeOwned>(
@@ -477,14 +538,8 @@ impl StoreInner {
             refs.push(self.ensure_uploaded(id).await?);
         }
         let tier = self.tier()?;
-        let ckpt_key = ObjectTier::volume_checkpoint_key(v.id, ckpt.seq);
-        let h = tier.handle();
-        let k = ckpt_key.clone();
-        tier.run(async move {
-            h.put_create(&k, Bytes::from(bytes), FOREGROUND_PATIENCE)
-                .await
-        })
-        .await?;
+        let ckpt_key = ObjectTier::volume_checkpoint_key(v.id, ckpt.seq, &bytes);
+        self.put_checkpoint_object(&ckpt_key, bytes).await?;
         let manifest = VolumeManifest {
             format: MANIFEST_FORMAT,
             name: v.name.clone(),
@@ -866,9 +921,16 @@ impl Store {
         }
         let metas: Vec<SegmentMeta> = Catalog::all(&s.catalog.segments)?;
         referenced.extend(metas.iter().map(|m| ObjectTier::segment_key(m.id)));
-        for snap in s.snapshots.read().values() {
-            referenced.insert(ObjectTier::snapshot_checkpoint_key(snap.meta.id));
-        }
+        // A local snapshot's checkpoint object may be uploaded while its
+        // manifest is not yet.
+        // (Every such prefix has the same length.)
+        let local_snapshot_prefixes: HashSet<String> = s
+            .snapshots
+            .read()
+            .values()
+            .map(|snap| ObjectTier::snapshot_checkpoint_prefix(snap.meta.id))
+            .collect();
+        let prefix_len = ObjectTier::snapshot_checkpoint_prefix(0).len();
         let grace = Duration::from_secs(tier.config.gc_grace_s);
         let now = std::time::SystemTime::now();
         let mut report = ObjectGcReport::default();
@@ -877,7 +939,11 @@ impl Store {
             let d = dir.to_string();
             for (key, meta) in tier.block(async move { h.list(&d).await })? {
                 report.objects_examined += 1;
-                if referenced.contains(&key) {
+                if referenced.contains(&key)
+                    || key
+                        .get(..prefix_len)
+                        .is_some_and(|p| local_snapshot_prefixes.contains(p))
+                {
                     continue;
                 }
                 let modified: std::time::SystemTime = meta.last_modified.into();

@@ -47,6 +47,14 @@ impl SnapshotInner {
         if !force && self.ckpt_written.load(Ordering::Acquire) {
             return Ok(());
         }
+        self.checkpoint().write(dir)?;
+        self.ckpt_written.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// This snapshot's map as a checkpoint, from one copy of the map (the
+    /// cleaner may move extents at any time).
+    pub fn checkpoint(&self) -> Checkpoint {
         Checkpoint {
             kind: CheckpointKind::Snapshot,
             id: self.meta.id,
@@ -56,9 +64,6 @@ impl SnapshotInner {
             replay_from: LogPosition::default(),
             map: self.map.read().clone(),
         }
-        .write(dir)?;
-        self.ckpt_written.store(true, Ordering::Release);
-        Ok(())
     }
 }
 

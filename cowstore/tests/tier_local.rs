@@ -46,3 +46,8 @@ fn local_directory_is_a_cache() {
 fn crash_mid_upload_converges() {
     tier_suite::crash_mid_upload_converges(&folder());
 }
+
+#[test]
+fn republish_after_the_cleaner_moved_a_snapshot() {
+    tier_suite::republish_after_the_cleaner_moved_a_snapshot(&folder());
+}

@@ -84,3 +84,8 @@ fn local_directory_is_a_cache() {
 fn crash_mid_upload_converges() {
     tier_suite::crash_mid_upload_converges(&bucket("crash"));
 }
+
+#[test]
+fn republish_after_the_cleaner_moved_a_snapshot() {
+    tier_suite::republish_after_the_cleaner_moved_a_snapshot(&bucket("moved"));
+}

@@ -12,8 +12,8 @@
 //!
 //! ```text
 //! segments/<segment id>.seg                  sealed segments, byte-identical to the local file
-//! checkpoints/snap-<id>.ckpt                 a snapshot's map
-//! checkpoints/vol-<id>-<seq>.ckpt            a volume's map at one sequence number
+//! checkpoints/snap-<id>-<crc>.ckpt           a snapshot's map (crc32c of the object)
+//! checkpoints/vol-<id>-<seq>-<crc>.ckpt      a volume's map at one sequence number
 //! manifests/snapshots/<name>.json            what a snapshot needs (checksummed)
 //! manifests/volumes/<name>.json              a volume's latest published head
 //! leases/<name>.json                         the volume's single writer
@@ -143,6 +143,14 @@ fn is_transient(e: &object_store::Error) -> bool {
             | object_store::Error::PermissionDenied { .. }
             | object_store::Error::Unauthenticated { .. }
     )
+}
+
+/// The crc32c of a checkpoint's bytes before its 4-byte trailer (which is
+/// that same crc). Not the crc of the whole object: a message followed by
+/// its own crc32c always has the same crc32c (the CRC residue), so that
+/// would name every checkpoint alike.
+fn checkpoint_tag(bytes: &[u8]) -> u32 {
+    crc32c::crc32c(&bytes[..bytes.len().saturating_sub(4)])
 }
 
 /// Outcome of a create-only put.
@@ -282,12 +290,31 @@ impl ObjectTier {
         format!("segments/{id:016x}.seg")
     }
 
-    pub fn snapshot_checkpoint_key(id: u64) -> String {
-        format!("checkpoints/snap-{id:016x}.ckpt")
+    /// Checkpoint objects are named by their content as well: the cleaner
+    /// may move a snapshot's extents (or rewrite a volume's checkpoint at
+    /// the same seq) between two publish attempts, and a create-only put
+    /// must never leave an older map under the name a newer manifest gives,
+    /// next to that manifest's segment list.
+    pub fn snapshot_checkpoint_key(id: u64, bytes: &[u8]) -> String {
+        format!(
+            "{}-{:08x}.ckpt",
+            Self::snapshot_checkpoint_prefix(id),
+            checkpoint_tag(bytes)
+        )
     }
 
-    pub fn volume_checkpoint_key(id: u64, seq: u64) -> String {
-        format!("checkpoints/vol-{id:016x}-{seq:016x}.ckpt")
+    /// What every checkpoint object of snapshot `id` starts with (including
+    /// `snap-<id>.ckpt`, the name before checkpoint objects were named by
+    /// content).
+    pub fn snapshot_checkpoint_prefix(id: u64) -> String {
+        format!("checkpoints/snap-{id:016x}")
+    }
+
+    pub fn volume_checkpoint_key(id: u64, seq: u64, bytes: &[u8]) -> String {
+        format!(
+            "checkpoints/vol-{id:016x}-{seq:016x}-{:08x}.ckpt",
+            checkpoint_tag(bytes)
+        )
     }
 
     pub fn snapshot_manifest_key(name: &str) -> String {

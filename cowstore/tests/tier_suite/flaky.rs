@@ -1,10 +1,12 @@
 //! A fault-injecting wrapper around any object store: every third call
 //! (put, get, head, list, delete) fails with a transient error, and puts and
-//! gets are delayed.
+//! gets are delayed. Or, as `refusing_snapshot_manifests`, only puts of
+//! snapshot manifests fail (any key with `manifests/snapshots/` in it: the
+//! store may sit under a prefix), while `REFUSE_SNAPSHOT_MANIFESTS` is set.
 //! Beside the real store, never instead of it.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,10 +18,16 @@ use object_store::{
     PutMultipartOptions, PutOptions, PutPayload, PutResult, Result,
 };
 
+/// While set, stores wrapped by `Flaky::refusing_snapshot_manifests` fail
+/// every put of a snapshot manifest.
+pub static REFUSE_SNAPSHOT_MANIFESTS: AtomicBool = AtomicBool::new(false);
+
 #[derive(Debug)]
 pub struct Flaky {
     inner: Arc<dyn ObjectStore>,
     calls: AtomicU64,
+    /// Every third call fails (else only refused manifest puts).
+    every_third: bool,
 }
 
 impl Flaky {
@@ -27,16 +35,28 @@ impl Flaky {
         Arc::new(Flaky {
             inner,
             calls: AtomicU64::new(0),
+            every_third: true,
+        })
+    }
+
+    pub fn refusing_snapshot_manifests(inner: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
+        Arc::new(Flaky {
+            inner,
+            calls: AtomicU64::new(0),
+            every_third: false,
         })
     }
 
     async fn fault(&self, what: &str) -> Result<()> {
+        if !self.every_third {
+            return Ok(());
+        }
         tokio::time::sleep(Duration::from_millis(3)).await;
         self.fault_now(what)
     }
 
     fn fault_now(&self, what: &str) -> Result<()> {
-        if self.calls.fetch_add(1, Ordering::Relaxed) % 3 == 2 {
+        if self.every_third && self.calls.fetch_add(1, Ordering::Relaxed) % 3 == 2 {
             super::INJECTED.fetch_add(1, Ordering::Relaxed);
             return Err(object_store::Error::Generic {
                 store: "flaky",
@@ -62,6 +82,16 @@ impl ObjectStore for Flaky {
         opts: PutOptions,
     ) -> Result<PutResult> {
         self.fault("put").await?;
+        if !self.every_third
+            && REFUSE_SNAPSHOT_MANIFESTS.load(Ordering::Relaxed)
+            && location.as_ref().contains("manifests/snapshots/")
+        {
+            // Not transient: the publish gives up at once.
+            return Err(object_store::Error::PermissionDenied {
+                path: location.to_string(),
+                source: "snapshot manifest puts refused".into(),
+            });
+        }
         self.inner.put_opts(location, payload, opts).await
     }
 

@@ -193,6 +193,44 @@ pub fn object_gc_keeps_what_anyone_references(bucket: &dyn Bucket) {
     assert!(fresh.restore_snapshot("a@0").is_err());
 }
 
+/// A publish cut off after the snapshot's checkpoint object went up, then
+/// the cleaner moves the snapshot's extents, then the publish is retried:
+/// the manifest and the checkpoint object it names must agree, so a host
+/// with nothing but the bucket restores the snapshot. (Found by
+/// `crash_kill9_tier`: a create-only put kept the old map under the one
+/// name, next to a segment list made from the new one.)
+pub fn republish_after_the_cleaner_moved_a_snapshot(bucket: &dyn Bucket) {
+    let mut tier = bucket.tier();
+    tier.wrap = Some(flaky::Flaky::refusing_snapshot_manifests);
+    flaky::REFUSE_SNAPSHOT_MANIFESTS.store(true, Ordering::Relaxed);
+    let a = tempfile::tempdir().unwrap();
+    let store = Store::create(a.path().join("s"), config(tier)).unwrap();
+    let v = store.create_volume("moved", 16 << 20).unwrap();
+    // The first 1 MiB segment: a little live data, much overwritten.
+    block_on(v.write(0, &pattern(70, 64 << 10))).unwrap();
+    block_on(v.write(8 << 20, &pattern(71, 768 << 10))).unwrap();
+    block_on(v.write(8 << 20, &pattern(72, 768 << 10))).unwrap();
+    block_on(v.flush()).unwrap();
+    store.create_snapshot("moved", "moved@0").unwrap();
+    let refused = store.publish_snapshot("moved@0");
+    assert!(refused.is_err(), "the manifest put was not refused");
+    let gc = store.gc().unwrap();
+    assert!(gc.bytes_relocated > 0, "the cleaner moved nothing: {gc:?}");
+    flaky::REFUSE_SNAPSHOT_MANIFESTS.store(false, Ordering::Relaxed);
+    store.sync_tier().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let fresh = Store::create(b.path().join("s"), config(bucket.tier())).unwrap();
+    let s = fresh.restore_snapshot("moved@0").unwrap();
+    assert_eq!(
+        block_on(s.read(0, 64 << 10)).unwrap(),
+        pattern(70, 64 << 10)
+    );
+    assert_eq!(
+        block_on(s.read(8 << 20, 768 << 10)).unwrap(),
+        pattern(72, 768 << 10)
+    );
+}
+
 /// Counters for the fault-injecting wrapper.
 pub static INJECTED: AtomicU64 = AtomicU64::new(0);
 
