@@ -82,7 +82,7 @@ pub(crate) struct VolumeInner {
     failed: Mutex<Option<String>>,
     /// Whether this volume's writes have lately been compressible.
     compress_hint: record::CompressHint,
-    /// The log's next segment, made ahead by the background thread.
+    /// The log's next segment, made ahead by the spare thread.
     pub spare: SpareSegment,
 }
 
@@ -125,7 +125,7 @@ impl VolumeInner {
     }
 }
 
-/// A volume's next log segment, made by the store's background thread
+/// A volume's next log segment, made by the store's spare thread
 /// while the log fills the current one, so that rolling to it costs no
 /// fsync under the volume's lock (see `StoreInner::roll_log`).
 ///
@@ -147,13 +147,13 @@ enum Spare {
     None,
     /// Asked for, not started: `roll_log` may take the job back.
     Queued(u64),
-    /// Being made by the background thread.
+    /// Being made by the spare thread.
     Making(u64),
     Ready(u64, Arc<SegmentFile>),
 }
 
 impl SpareSegment {
-    /// Asks for a spare for `chain_index`; true if the background thread
+    /// Asks for a spare for `chain_index`; true if the spare thread
     /// should be told (nothing was asked for yet).
     pub fn queue(&self, chain_index: u64) -> bool {
         let mut st = self.state.lock();
@@ -164,7 +164,7 @@ impl SpareSegment {
         true
     }
 
-    /// The background thread starts on the queued spare, if it still is.
+    /// The spare thread starts on the queued spare, if it still is.
     pub fn start(&self) -> Option<u64> {
         let mut st = self.state.lock();
         let Spare::Queued(chain_index) = *st else {
