@@ -480,7 +480,7 @@ pub fn is_all_zero(data: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn sample(kind: RecordKind, payload: &[u8], flags: u8, len_sectors: u32) -> Vec<u8> {
@@ -501,7 +501,7 @@ mod tests {
     }
 
     /// Incompressible bytes (xorshift64).
-    fn random_bytes(len: usize) -> Vec<u8> {
+    pub(crate) fn random_bytes(len: usize) -> Vec<u8> {
         let mut x = 0x2545_f491_4f6c_dd1du64;
         (0..len)
             .map(|_| {

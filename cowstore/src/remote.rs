@@ -347,11 +347,15 @@ impl StoreInner {
         if created == Created::AlreadyThere {
             let h = tier.handle();
             let k = key.to_string();
-            let there = tier.run(async move { h.get(&k).await }).await?;
-            if there.as_ref().map(|(b, _)| b) != Some(&body) {
-                return Err(Error::ObjectStore(format!(
-                    "{key} exists with other content: checkpoint name collision"
-                )));
+            match tier.run(async move { h.get(&k).await }).await? {
+                Some((there, _)) if there == body => {}
+                Some(_) => {
+                    return Err(Error::ObjectStore(format!(
+                        "{key} exists with other content: checkpoint name collision"
+                    )))
+                }
+                // Deleted since the put found it (object GC of another host).
+                None => return Err(Error::ObjectNotFound(key.to_string())),
             }
         }
         Ok(len)
@@ -922,8 +926,8 @@ impl Store {
         let metas: Vec<SegmentMeta> = Catalog::all(&s.catalog.segments)?;
         referenced.extend(metas.iter().map(|m| ObjectTier::segment_key(m.id)));
         // A local snapshot's checkpoint object may be uploaded while its
-        // manifest is not yet.
-        // (Every such prefix has the same length.)
+        // manifest is not yet: kept by prefix (every such prefix has the
+        // same length).
         let local_snapshot_prefixes: HashSet<String> = s
             .snapshots
             .read()

@@ -972,15 +972,7 @@ mod tests {
         // The checkpoint job blocks on the volume's checkpoint lock.
         let held = v.ckpt_lock.lock();
         // Incompressible, so that 16 KiB writes roll 64 KiB segments.
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let data: Vec<u8> = (0..16 << 10)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let data = crate::record::tests::random_bytes(16 << 10);
         for at in (0..256u64 << 10).step_by(16 << 10) {
             block_on(vol.write(at, &data)).unwrap();
         }

@@ -12,7 +12,7 @@
 //!
 //! ```text
 //! segments/<segment id>.seg                  sealed segments, byte-identical to the local file
-//! checkpoints/snap-<id>-<crc>.ckpt           a snapshot's map (crc32c of the object)
+//! checkpoints/snap-<id>-<crc>.ckpt           a snapshot's map (crc: see `checkpoint_tag`)
 //! checkpoints/vol-<id>-<seq>-<crc>.ckpt      a volume's map at one sequence number
 //! manifests/snapshots/<name>.json            what a snapshot needs (checksummed)
 //! manifests/volumes/<name>.json              a volume's latest published head
