@@ -6,7 +6,7 @@
 //!              [--fill NAME]... [--jobs all|JOB,...] [--rounds N]
 //!              [--ramp-ms MS] [--runtime-ms MS] [--region-bytes N]
 //!              [--ratio LABEL=OURS/PEER]... [--json FILE] [--quiet]
-//!              [--drop-cache DIR]...
+//!              [--drop-cache DIR]... [--latency-log FILE]
 //!
 //! Each job runs `--rounds` times on every target, the targets taking turns
 //! (their order rotates every round, so none always runs first after the
@@ -18,13 +18,18 @@
 //! the host page cache of every file under DIR before each read run
 //! (posix_fadvise DONTNEED), so that a backend doing buffered I/O (cowstored)
 //! reads from the disk as one with `cache.direct=on` does, instead of
-//! from pages the fill left cached. scripts/bench-blk runs it.
+//! from pages the fill left cached. `--latency-log FILE` writes every
+//! measured request, in completion order, as `job target round
+//! completion_us latency_us` (time since the run's measurement started):
+//! a p99 made of whole-queue stalls shows up as groups of `iodepth`
+//! requests completing together. scripts/bench-blk runs it.
 
 // Shared with blk-guest; each binary uses part of it.
 #[path = "../blk/mod.rs"]
 #[allow(dead_code)]
 mod blk;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -45,12 +50,13 @@ struct Args {
     json: Option<PathBuf>,
     quiet: bool,
     drop_cache: Vec<PathBuf>,
+    latency_log: Option<PathBuf>,
 }
 
 const USAGE: &str =
     "usage: blk-client --target NAME=SOCKET... [--fill NAME]... [--jobs all|JOB,...] \
     [--rounds N] [--ramp-ms MS] [--runtime-ms MS] [--region-bytes N] [--ratio LABEL=OURS/PEER]... \
-    [--json FILE] [--quiet] [--drop-cache DIR]...";
+    [--json FILE] [--quiet] [--drop-cache DIR]... [--latency-log FILE]";
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args> {
     let mut a = Args {
@@ -65,6 +71,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args> {
         json: None,
         quiet: false,
         drop_cache: Vec::new(),
+        latency_log: None,
     };
     let mut it = args.into_iter();
     while let Some(flag) = it.next() {
@@ -83,6 +90,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args> {
             "--json" => a.json = Some(PathBuf::from(value()?)),
             "--quiet" => a.quiet = true,
             "--drop-cache" => a.drop_cache.push(PathBuf::from(value()?)),
+            "--latency-log" => a.latency_log = Some(PathBuf::from(value()?)),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -136,6 +144,16 @@ fn bench(a: &Args) -> Result<(Vec<Sample>, Vec<String>)> {
     }
     let mut samples = Vec::new();
     let mut failures = Vec::new();
+    let mut latency_log = match &a.latency_log {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            let mut w = std::io::BufWriter::new(file);
+            writeln!(w, "# job target round completion_us latency_us")?;
+            Some(w)
+        }
+        None => None,
+    };
     for (j, job) in a.jobs.iter().enumerate() {
         for round in 1..=a.rounds {
             let n = targets.len();
@@ -171,6 +189,11 @@ fn bench(a: &Args) -> Result<(Vec<Sample>, Vec<String>)> {
                     }
                 };
                 let t = &targets[i];
+                if let Some(w) = latency_log.as_mut() {
+                    for (at_us, lat_us) in &r.timeline_us {
+                        writeln!(w, "{} {} {round} {at_us} {lat_us}", job.name(), t.name)?;
+                    }
+                }
                 let s = Sample::from_run("host", &t.name, job, round, &r);
                 if !a.quiet {
                     println!("{}", s.text(job.rw.is_write()));
@@ -178,6 +201,9 @@ fn bench(a: &Args) -> Result<(Vec<Sample>, Vec<String>)> {
                 samples.push(s);
             }
         }
+    }
+    if let Some(mut w) = latency_log {
+        w.flush()?;
     }
     Ok((samples, failures))
 }
@@ -341,6 +367,11 @@ mod tests {
             )?;
             assert!(r.ops > 10, "{}: only {} requests", job.name(), r.ops);
             assert_eq!(r.lat_ns.len() as u64, r.ops);
+            assert_eq!(r.timeline_us.len() as u64, r.ops);
+            assert!(
+                r.timeline_us.windows(2).all(|w| w[0].0 <= w[1].0),
+                "timeline not in completion order"
+            );
             assert!(r.percentile_ns(50.0) <= r.percentile_ns(99.0));
             assert!(r.iops() > 0.0);
         }
@@ -422,5 +453,10 @@ mod tests {
         let a = parse_args(["--target", "a=/s", "--ratio", "our/a=a/a"].map(String::from)).unwrap();
         assert_eq!(a.jobs.len(), 6);
         assert_eq!(a.ratios[0].label, "our/a");
+        assert!(a.latency_log.is_none());
+        assert!(parse_args(["--target", "a=/s", "--latency-log"].map(String::from)).is_err());
+        let a =
+            parse_args(["--target", "a=/s", "--latency-log", "/tmp/l"].map(String::from)).unwrap();
+        assert_eq!(a.latency_log, Some(PathBuf::from("/tmp/l")));
     }
 }

@@ -44,6 +44,11 @@ pub struct RunResult {
     pub elapsed_ns: u64,
     /// Submission to completion of every counted request, sorted.
     pub lat_ns: Vec<u64>,
+    /// Every counted request in completion order: (completion time since
+    /// the measurement started, latency), both in microseconds. Shows what
+    /// percentiles hide: whether slow requests come alone or as a stall of
+    /// the whole queue, and how often.
+    pub timeline_us: Vec<(u64, u64)>,
 }
 
 impl RunResult {
@@ -306,6 +311,11 @@ impl Target {
                     let lat = now.duration_since(submitted_at[slot]);
                     out.lat_ns
                         .push(u64::try_from(lat.as_nanos()).unwrap_or(u64::MAX));
+                    let at = now.duration_since(measure_start);
+                    out.timeline_us.push((
+                        u64::try_from(at.as_micros()).unwrap_or(u64::MAX),
+                        u64::try_from(lat.as_micros()).unwrap_or(u64::MAX),
+                    ));
                 }
                 let more = end.is_none_or(|e| now < e);
                 if more {
