@@ -393,11 +393,6 @@ fn combine_full_block(crc_a: u32, crc_b: u32) -> u32 {
         ^ shift[3][usize::from(b3)]
 }
 
-/// [`encode_chunk`] as flags and one owned payload.
-pub fn encode_data(data: &[u8]) -> Option<(u8, Vec<u8>)> {
-    encode_chunk(data, &CompressHint::default()).map(|e| (e.flags(), e.parts().concat()))
-}
-
 /// An uncompressed chunk: with a block checksum table when the data spans
 /// more than one block (a one-block record is read whole anyway).
 fn raw_chunk(data: &[u8]) -> Encoded<'_> {
@@ -498,6 +493,11 @@ pub(crate) mod tests {
         }
         .encode_with_payload(payload, &mut out);
         out
+    }
+
+    /// [`encode_chunk`] as flags and one owned payload.
+    fn encode_data(data: &[u8]) -> Option<(u8, Vec<u8>)> {
+        encode_chunk(data, &CompressHint::default()).map(|e| (e.flags(), e.parts().concat()))
     }
 
     /// Incompressible bytes (xorshift64).
