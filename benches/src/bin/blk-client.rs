@@ -7,6 +7,7 @@
 //!              [--ramp-ms MS] [--runtime-ms MS] [--region-bytes N]
 //!              [--ratio LABEL=OURS/PEER]... [--json FILE] [--quiet]
 //!              [--drop-cache DIR]... [--latency-log FILE]
+//!              [--cpu-of NAME=PID]...
 //!
 //! Each job runs `--rounds` times on every target, the targets taking turns
 //! (their order rotates every round, so none always runs first after the
@@ -22,7 +23,11 @@
 //! measured request, in completion order, as `job target round
 //! completion_us latency_us` (time since the run's measurement started):
 //! a p99 made of whole-queue stalls shows up as groups of `iodepth`
-//! requests completing together. scripts/bench-blk runs it.
+//! requests completing together. `--cpu-of NAME=PID` measures the CPU
+//! time of process PID over each run on target NAME and prints the CPU per
+//! request beside the medians (several targets may name one process: the
+//! targets take turns, so only one is busy at a time). scripts/bench-blk
+//! runs it.
 
 // Shared with blk-guest; each binary uses part of it.
 #[path = "../blk/mod.rs"]
@@ -36,7 +41,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use blk::client::Target;
 use blk::jobs::{parse_jobs, parse_target, Job};
-use blk::report::{fio_document, table, Ratio, Sample};
+use blk::report::{cpu_table, fio_document, table, Ratio, Sample};
 
 struct Args {
     targets: Vec<(String, PathBuf)>,
@@ -51,12 +56,14 @@ struct Args {
     quiet: bool,
     drop_cache: Vec<PathBuf>,
     latency_log: Option<PathBuf>,
+    /// (target name, pid of the process serving it)
+    cpu_of: Vec<(String, u32)>,
 }
 
 const USAGE: &str =
     "usage: blk-client --target NAME=SOCKET... [--fill NAME]... [--jobs all|JOB,...] \
     [--rounds N] [--ramp-ms MS] [--runtime-ms MS] [--region-bytes N] [--ratio LABEL=OURS/PEER]... \
-    [--json FILE] [--quiet] [--drop-cache DIR]... [--latency-log FILE]";
+    [--json FILE] [--quiet] [--drop-cache DIR]... [--latency-log FILE] [--cpu-of NAME=PID]...";
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args> {
     let mut a = Args {
@@ -72,6 +79,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args> {
         quiet: false,
         drop_cache: Vec::new(),
         latency_log: None,
+        cpu_of: Vec::new(),
     };
     let mut it = args.into_iter();
     while let Some(flag) = it.next() {
@@ -91,6 +99,14 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args> {
             "--quiet" => a.quiet = true,
             "--drop-cache" => a.drop_cache.push(PathBuf::from(value()?)),
             "--latency-log" => a.latency_log = Some(PathBuf::from(value()?)),
+            "--cpu-of" => {
+                let v = value()?;
+                let (name, pid) = v
+                    .split_once('=')
+                    .with_context(|| format!("--cpu-of {v}: expected NAME=PID"))?;
+                let pid = pid.parse().with_context(|| format!("--cpu-of {v}: PID"))?;
+                a.cpu_of.push((name.to_string(), pid));
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -109,7 +125,35 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args> {
             bail!("--fill {f}: no such --target");
         }
     }
+    for (name, _) in &a.cpu_of {
+        if !a.targets.iter().any(|(n, _)| n == name) {
+            bail!("--cpu-of {name}: no such --target");
+        }
+    }
     Ok(a)
+}
+
+/// User + system CPU time of process `pid` so far, in microseconds, from
+/// `/proc/PID/stat`; `None` if it cannot be read (the process is gone).
+fn process_cpu(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: state is field 3, utime 14, stime 15 (proc(5)).
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = u64::try_from(hz).ok().filter(|&h| h > 0)?;
+    Some(ticks.checked_mul(1_000_000)? / hz)
+}
+
+/// CPU per request over one run (ramp and measurement, at the measured
+/// rate); `None` when either reading failed or nothing completed.
+fn cpu_per_op(before: Option<u64>, after: Option<u64>, iops: f64, a: &Args) -> Option<f64> {
+    let used_us = after?.checked_sub(before?)?;
+    let requests = iops * (a.ramp + a.runtime).as_secs_f64();
+    (requests >= 1.0).then(|| used_us as f64 / requests)
 }
 
 /// Runs everything; returns the samples, in run order, and the runs that
@@ -169,6 +213,8 @@ fn bench(a: &Args) -> Result<(Vec<Sample>, Vec<String>)> {
                 // The same offsets on every target for this job and round.
                 let seed = 0x9e37_79b9 ^ ((j as u64) << 32) ^ u64::from(round);
                 let t = &mut targets[i];
+                let pid = a.cpu_of.iter().find(|(n, _)| *n == t.name).map(|&(_, p)| p);
+                let cpu_before = pid.map(process_cpu);
                 let r = match t.run(job, a.region_bytes, a.ramp, a.runtime, seed) {
                     Ok(r) => r,
                     Err(e) => {
@@ -194,7 +240,10 @@ fn bench(a: &Args) -> Result<(Vec<Sample>, Vec<String>)> {
                         writeln!(w, "{} {} {round} {at_us} {lat_us}", job.name(), t.name)?;
                     }
                 }
-                let s = Sample::from_run("host", &t.name, job, round, &r);
+                let mut s = Sample::from_run("host", &t.name, job, round, &r);
+                if let (Some(pid), Some(before)) = (pid, cpu_before) {
+                    s.cpu_us_per_op = cpu_per_op(before, process_cpu(pid), r.iops(), a);
+                }
                 if !a.quiet {
                     println!("{}", s.text(job.rw.is_write()));
                 }
@@ -238,6 +287,9 @@ fn main() -> Result<()> {
             "submission to completion of each request"
         )
     );
+    if let Some(cpu) = cpu_table(&samples, &names, &a.jobs) {
+        println!("{cpu}");
+    }
     if !failures.is_empty() {
         println!("FAILED runs (not in the medians):\n");
         for f in &failures {
@@ -458,5 +510,32 @@ mod tests {
         let a =
             parse_args(["--target", "a=/s", "--latency-log", "/tmp/l"].map(String::from)).unwrap();
         assert_eq!(a.latency_log, Some(PathBuf::from("/tmp/l")));
+        for bad in ["b=1", "a=x", "a"] {
+            assert!(
+                parse_args(["--target", "a=/s", "--cpu-of", bad].map(String::from)).is_err(),
+                "--cpu-of {bad}"
+            );
+        }
+        let a = parse_args(["--target", "a=/s", "--cpu-of", "a=42"].map(String::from)).unwrap();
+        assert_eq!(a.cpu_of, vec![("a".to_string(), 42)]);
+    }
+
+    /// This process's CPU time is readable and grows with work done.
+    #[test]
+    fn process_cpu_reads_proc() {
+        let pid = std::process::id();
+        let before = process_cpu(pid).expect("own /proc/PID/stat");
+        let deadline = Instant::now() + Duration::from_millis(200);
+        let mut x = 0u64;
+        while Instant::now() < deadline {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let after = process_cpu(pid).expect("own /proc/PID/stat");
+        assert!(
+            after > before,
+            "{before} -> {after} after 200 ms of spinning"
+        );
+        assert!(process_cpu(u32::MAX).is_none());
     }
 }

@@ -25,6 +25,9 @@ pub struct Sample {
     pub lat_p99_ns: f64,
     pub ops: u64,
     pub runtime_ms: u64,
+    /// CPU (user + system) of the target's process per completed request,
+    /// when blk-client was told its pid (`--cpu-of`); see [`cpu_table`].
+    pub cpu_us_per_op: Option<f64>,
 }
 
 impl Sample {
@@ -41,6 +44,7 @@ impl Sample {
             lat_p99_ns: r.percentile_ns(99.0) as f64,
             ops: r.ops,
             runtime_ms: r.elapsed_ns / 1_000_000,
+            cpu_us_per_op: None,
         }
     }
 
@@ -73,6 +77,7 @@ impl Sample {
             lat_p99_ns: num(&pct["99.000000"], "clat_ns.percentile.99")?,
             ops: dir["total_ios"].as_u64().unwrap_or(0),
             runtime_ms: dir["runtime"].as_u64().unwrap_or(0),
+            cpu_us_per_op: None,
         })
     }
 
@@ -198,6 +203,60 @@ pub fn medians(samples: &[Sample], target: &str, job: &str) -> Option<Medians> {
     })
 }
 
+/// Median CPU per request of each target that has it, as a markdown table
+/// with a column per target; `None` when no sample has a CPU figure.
+///
+/// The figure is the target process's user + system time over a whole run
+/// (ramp included) divided by the requests it completed in that time (the
+/// measured IOPS times the run's length): what one request costs the
+/// backend. Kernel threads working for it (the page cache's writeback
+/// flusher) are not counted; io_uring's workers are (they are threads of
+/// the process).
+pub fn cpu_table(samples: &[Sample], targets: &[String], jobs: &[Job]) -> Option<String> {
+    let with_cpu: Vec<&String> = targets
+        .iter()
+        .filter(|t| {
+            samples
+                .iter()
+                .any(|s| &s.target == *t && s.cpu_us_per_op.is_some())
+        })
+        .collect();
+    if with_cpu.is_empty() {
+        return None;
+    }
+    let mut out = String::from(
+        "CPU per request, µs (medians; the target process's user + system time \
+         over each run, ramp included, per request completed):\n\n| job |",
+    );
+    for t in &with_cpu {
+        let _ = write!(out, " {t} |");
+    }
+    out.push_str("\n|---|");
+    for _ in &with_cpu {
+        out.push_str("---:|");
+    }
+    out.push('\n');
+    for job in jobs {
+        let name = job.name();
+        let _ = write!(out, "| {name} |");
+        for t in &with_cpu {
+            let cpu: Vec<f64> = samples
+                .iter()
+                .filter(|s| &s.target == *t && s.job == name)
+                .filter_map(|s| s.cpu_us_per_op)
+                .collect();
+            match median(cpu) {
+                Some(us) => {
+                    let _ = write!(out, " {us:.1} |");
+                }
+                None => out.push_str(" n/a |"),
+            }
+        }
+        out.push('\n');
+    }
+    Some(out)
+}
+
 /// A ratio column: `ours` IOPS over `peer` IOPS, labelled like "our/qcow2".
 #[derive(Clone, Debug)]
 pub struct Ratio {
@@ -309,6 +368,7 @@ mod tests {
             lat_p99_ns: 2e5,
             ops: 10,
             runtime_ms: 1000,
+            cpu_us_per_op: None,
         }
     }
 
@@ -336,6 +396,23 @@ mod tests {
         assert!(t.contains("| randread-4k-qd1 | c | n/a |"), "{t}");
         assert!(t.contains("| randread-4k-qd1 | 2.00 |"), "{t}");
         assert!("nope".parse::<Ratio>().is_err());
+    }
+
+    #[test]
+    fn cpu_table_has_medians_of_targets_with_cpu() {
+        let jobs = super::super::jobs::parse_jobs("randread-4k-qd1").unwrap();
+        let names = ["a".to_string(), "b".to_string()];
+        let mut s = vec![sample("a", 1, 100.0), sample("b", 1, 100.0)];
+        assert!(cpu_table(&s, &names, &jobs).is_none());
+        for (round, us) in [(1, 30.0), (2, 10.0), (3, 20.0)] {
+            let mut x = sample("a", round, 100.0);
+            x.cpu_us_per_op = Some(us);
+            s.push(x);
+        }
+        let t = cpu_table(&s, &names, &jobs).unwrap();
+        assert!(t.contains("| job | a |"), "{t}");
+        assert!(!t.contains(" b |"), "{t}");
+        assert!(t.contains("| randread-4k-qd1 | 20.0 |"), "{t}");
     }
 
     #[test]
