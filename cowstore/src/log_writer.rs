@@ -150,7 +150,11 @@ fn run_ops(mut ops: Vec<WriteOp>, behind: Option<&DropBehind>) {
             // written either way.
             let _ = op.reply.send(match &res {
                 Ok(()) => Ok(()),
-                Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                // Each caller gets the error (io::Error is not Clone).
+                Err(e) => Err(match e.raw_os_error() {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::new(e.kind(), e.to_string()),
+                }),
             });
         }
     }

@@ -124,6 +124,8 @@ impl Sample {
             },
             "read": read,
             "write": write,
+            // Not a fio field: the backend's CPU per request (`--cpu-of`).
+            "cpu_us_per_op": self.cpu_us_per_op,
         })
     }
 
