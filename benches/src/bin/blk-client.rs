@@ -7,7 +7,7 @@
 //!              [--ramp-ms MS] [--runtime-ms MS] [--region-bytes N]
 //!              [--ratio LABEL=OURS/PEER]... [--json FILE] [--quiet]
 //!              [--drop-cache DIR]... [--latency-log FILE]
-//!              [--cpu-of NAME=PID]...
+//!              [--cpu-of NAME=PID]... [--disk DEVICE]
 //!
 //! Each job runs `--rounds` times on every target, the targets taking turns
 //! (their order rotates every round, so none always runs first after the
@@ -26,8 +26,10 @@
 //! requests completing together. `--cpu-of NAME=PID` measures the CPU
 //! time of process PID over each run on target NAME and prints the CPU per
 //! request beside the medians (several targets may name one process: the
-//! targets take turns, so only one is busy at a time). scripts/bench-blk
-//! runs it.
+//! targets take turns, so only one is busy at a time). `--disk DEVICE`
+//! (a name in `/proc/diskstats`, e.g. `vda`) reads that disk's counters
+//! around each run and prints what it wrote and how busy it was beside the
+//! medians. scripts/bench-blk runs it.
 
 // Shared with blk-guest; each binary uses part of it.
 #[path = "../blk/mod.rs"]
@@ -41,7 +43,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use blk::client::Target;
 use blk::jobs::{parse_jobs, parse_target, Job};
-use blk::report::{cpu_table, fio_document, table, Ratio, Sample};
+use blk::report::{cpu_table, disk_table, fio_document, table, Ratio, Sample};
 
 struct Args {
     targets: Vec<(String, PathBuf)>,
@@ -58,12 +60,14 @@ struct Args {
     latency_log: Option<PathBuf>,
     /// (target name, pid of the process serving it)
     cpu_of: Vec<(String, u32)>,
+    /// The block device under the backends (`--disk`).
+    disk: Option<String>,
 }
 
 const USAGE: &str =
     "usage: blk-client --target NAME=SOCKET... [--fill NAME]... [--jobs all|JOB,...] \
     [--rounds N] [--ramp-ms MS] [--runtime-ms MS] [--region-bytes N] [--ratio LABEL=OURS/PEER]... \
-    [--json FILE] [--quiet] [--drop-cache DIR]... [--latency-log FILE] [--cpu-of NAME=PID]...";
+    [--json FILE] [--quiet] [--drop-cache DIR]... [--latency-log FILE] [--cpu-of NAME=PID]... [--disk DEVICE]";
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args> {
     let mut a = Args {
@@ -80,6 +84,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args> {
         drop_cache: Vec::new(),
         latency_log: None,
         cpu_of: Vec::new(),
+        disk: None,
     };
     let mut it = args.into_iter();
     while let Some(flag) = it.next() {
@@ -106,6 +111,13 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args> {
                     .with_context(|| format!("--cpu-of {v}: expected NAME=PID"))?;
                 let pid = pid.parse().with_context(|| format!("--cpu-of {v}: PID"))?;
                 a.cpu_of.push((name.to_string(), pid));
+            }
+            "--disk" => {
+                let device = value()?;
+                if blk::disk::read(&device).is_none() {
+                    bail!("--disk {device}: no such device in /proc/diskstats");
+                }
+                a.disk = Some(device);
             }
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -215,6 +227,8 @@ fn bench(a: &Args) -> Result<(Vec<Sample>, Vec<String>)> {
                 let t = &mut targets[i];
                 let pid = a.cpu_of.iter().find(|(n, _)| *n == t.name).map(|&(_, p)| p);
                 let cpu_before = pid.map(process_cpu);
+                let disk_before = a.disk.as_deref().and_then(blk::disk::read);
+                let started = std::time::Instant::now();
                 let r = match t.run(job, a.region_bytes, a.ramp, a.runtime, seed) {
                     Ok(r) => r,
                     Err(e) => {
@@ -243,6 +257,14 @@ fn bench(a: &Args) -> Result<(Vec<Sample>, Vec<String>)> {
                 let mut s = Sample::from_run("host", &t.name, job, round, &r);
                 if let (Some(pid), Some(before)) = (pid, cpu_before) {
                     s.cpu_us_per_op = cpu_per_op(before, process_cpu(pid), r.iops(), a);
+                }
+                let disk_after = a.disk.as_deref().and_then(blk::disk::read);
+                if let (Some(before), Some(after)) = (disk_before, disk_after) {
+                    let elapsed_s = started.elapsed().as_secs_f64();
+                    if let Some(u) = blk::disk::disk_use(before, after, elapsed_s) {
+                        s.disk_write_bytes_per_s = Some(u.write_bytes_per_s);
+                        s.disk_util_pct = Some(u.util_pct);
+                    }
                 }
                 if !a.quiet {
                     println!("{}", s.text(job.rw.is_write()));
@@ -289,6 +311,9 @@ fn main() -> Result<()> {
     );
     if let Some(cpu) = cpu_table(&samples, &names, &a.jobs) {
         println!("{cpu}");
+    }
+    if let Some(disk) = disk_table(&samples, &names, &a.jobs) {
+        println!("{disk}");
     }
     if !failures.is_empty() {
         println!("FAILED runs (not in the medians):\n");
@@ -518,6 +543,26 @@ mod tests {
         }
         let a = parse_args(["--target", "a=/s", "--cpu-of", "a=42"].map(String::from)).unwrap();
         assert_eq!(a.cpu_of, vec![("a".to_string(), 42)]);
+        assert!(
+            parse_args(["--target", "a=/s", "--disk", "no-such-disk-xyz"].map(String::from))
+                .is_err()
+        );
+        assert!(parse_args(["--target", "a=/s", "--disk"].map(String::from)).is_err());
+        // Whichever disk this machine has is accepted.
+        let first = std::fs::read_to_string("/proc/diskstats")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.split_whitespace().nth(2).map(String::from));
+        if let Some(dev) = first {
+            let a = parse_args([
+                "--target".into(),
+                "a=/s".into(),
+                "--disk".into(),
+                dev.clone(),
+            ])
+            .unwrap();
+            assert_eq!(a.disk, Some(dev));
+        }
     }
 
     /// This process's CPU time is readable and grows with work done.

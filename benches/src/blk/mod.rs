@@ -6,6 +6,8 @@
 //!   `virtio-blk-vhost-user` driver) that runs a job against a socket, as
 //!   fio would against a disk: `iodepth` requests in flight, random or
 //!   sequential offsets over a region, latency of every request.
+//! - [`disk`]: bytes written and utilisation of the disk under the
+//!   backends during each run, from `/proc/diskstats`.
 //! - [`report`]: fio-style JSON and text output, the parser of fio's own JSON
 //!   (the in-guest runs), and the table of medians and ratios.
 //!
@@ -14,5 +16,6 @@
 //! criterion bench) do not depend on blkio.
 
 pub mod client;
+pub mod disk;
 pub mod jobs;
 pub mod report;

@@ -28,6 +28,14 @@ pub struct Sample {
     /// CPU (user + system) of the target's process per completed request,
     /// when blk-client was told its pid (`--cpu-of`); see [`cpu_table`].
     pub cpu_us_per_op: Option<f64>,
+    /// Bytes per second written to the disk under the backends over the
+    /// run, when blk-client was told the disk (`--disk`); see
+    /// [`disk_table`].
+    #[serde(default)]
+    pub disk_write_bytes_per_s: Option<f64>,
+    /// How busy that disk was over the run, in percent of wall time.
+    #[serde(default)]
+    pub disk_util_pct: Option<f64>,
 }
 
 impl Sample {
@@ -45,6 +53,8 @@ impl Sample {
             ops: r.ops,
             runtime_ms: r.elapsed_ns / 1_000_000,
             cpu_us_per_op: None,
+            disk_write_bytes_per_s: None,
+            disk_util_pct: None,
         }
     }
 
@@ -78,6 +88,8 @@ impl Sample {
             ops: dir["total_ios"].as_u64().unwrap_or(0),
             runtime_ms: dir["runtime"].as_u64().unwrap_or(0),
             cpu_us_per_op: None,
+            disk_write_bytes_per_s: None,
+            disk_util_pct: None,
         })
     }
 
@@ -126,6 +138,9 @@ impl Sample {
             "write": write,
             // Not a fio field: the backend's CPU per request (`--cpu-of`).
             "cpu_us_per_op": self.cpu_us_per_op,
+            // Not fio fields either: the disk under the backends (`--disk`).
+            "disk_write_bytes_per_s": self.disk_write_bytes_per_s,
+            "disk_util_pct": self.disk_util_pct,
         })
     }
 
@@ -259,6 +274,54 @@ pub fn cpu_table(samples: &[Sample], targets: &[String], jobs: &[Job]) -> Option
     Some(out)
 }
 
+/// The disk under the backends during each target's runs (medians): MiB/s
+/// written, utilisation, and for write jobs the bytes written to the disk
+/// per byte the client wrote; `None` when no sample has disk figures.
+///
+/// The disk figures cover the whole run (ramp included) and everything
+/// written to that disk meanwhile: the backend's data, its metadata and
+/// journal, and whatever else the machine wrote (it is shared).
+pub fn disk_table(samples: &[Sample], targets: &[String], jobs: &[Job]) -> Option<String> {
+    if samples.iter().all(|s| s.disk_util_pct.is_none()) {
+        return None;
+    }
+    let mut out = String::from(
+        "Disk under the backends (medians over each target's runs, ramp \
+         included): MiB/s written, % of the time busy, and for writes the \
+         bytes written to the disk per byte the client wrote:\n\n\
+         | job | target | disk MiB/s | disk busy % | disk bytes per byte written |\n\
+         |---|---|---:|---:|---:|\n",
+    );
+    for job in jobs {
+        let name = job.name();
+        for t in targets {
+            let mine: Vec<&Sample> = samples
+                .iter()
+                .filter(|s| &s.target == t && s.job == name)
+                .collect();
+            let m =
+                |f: fn(&Sample) -> Option<f64>| median(mine.iter().filter_map(|s| f(s)).collect());
+            let (Some(mib), Some(util)) = (
+                m(|s| s.disk_write_bytes_per_s.map(|b| b / MIB)),
+                m(|s| s.disk_util_pct),
+            ) else {
+                continue;
+            };
+            let per_byte = if job.rw.is_write() {
+                m(|s| {
+                    let disk = s.disk_write_bytes_per_s?;
+                    (s.bw_bytes > 0.0).then(|| disk / s.bw_bytes)
+                })
+                .map_or("n/a".to_string(), |r| format!("{r:.2}"))
+            } else {
+                "-".to_string()
+            };
+            let _ = writeln!(out, "| {name} | {t} | {mib:.0} | {util:.0} | {per_byte} |");
+        }
+    }
+    Some(out)
+}
+
 /// A ratio column: `ours` IOPS over `peer` IOPS, labelled like "our/qcow2".
 #[derive(Clone, Debug)]
 pub struct Ratio {
@@ -371,6 +434,8 @@ mod tests {
             ops: 10,
             runtime_ms: 1000,
             cpu_us_per_op: None,
+            disk_write_bytes_per_s: None,
+            disk_util_pct: None,
         }
     }
 
@@ -415,6 +480,37 @@ mod tests {
         assert!(t.contains("| job | a |"), "{t}");
         assert!(!t.contains(" b |"), "{t}");
         assert!(t.contains("| randread-4k-qd1 | 20.0 |"), "{t}");
+    }
+
+    #[test]
+    fn disk_table_has_medians_and_bytes_per_byte_for_writes() {
+        let names = ["a".to_string(), "b".to_string()];
+        let reads = super::super::jobs::parse_jobs("randread-4k-qd1").unwrap();
+        let mut s = vec![sample("a", 1, 100.0), sample("b", 1, 100.0)];
+        assert!(disk_table(&s, &names, &reads).is_none());
+        // a: 3 rounds, 100 IOPS of 4 KiB = 400 KiB/s from the client.
+        for (round, kib_per_s, util) in [(1, 800.0, 50.0), (2, 400.0, 90.0), (3, 1200.0, 70.0)] {
+            let mut x = sample("a", round, 100.0);
+            x.disk_write_bytes_per_s = Some(kib_per_s * 1024.0);
+            x.disk_util_pct = Some(util);
+            s.push(x);
+        }
+        // Only the runs with disk figures count.
+        s.remove(0);
+        let t = disk_table(&s, &names, &reads).unwrap();
+        assert!(t.contains("| randread-4k-qd1 | a | 1 | 70 | - |"), "{t}");
+        assert!(!t.contains("| b |"), "{t}");
+        let mut writes = super::super::jobs::parse_jobs("randwrite-4k-qd1").unwrap();
+        for x in &mut s {
+            x.job = writes[0].name();
+        }
+        let t = disk_table(&s, &names, &writes).unwrap();
+        assert!(
+            t.contains("| randwrite-4k-qd1 | a | 1 | 70 | 2.00 |"),
+            "{t}"
+        );
+        writes.clear();
+        assert!(!disk_table(&s, &names, &writes).unwrap().contains("| a |"));
     }
 
     #[test]
