@@ -142,6 +142,14 @@ impl SegmentIo {
         }
     }
 
+    /// Waits until drop-behind has handled every note sent so far (tests).
+    #[cfg(test)]
+    pub fn settle_behind(&self) {
+        if let Some(behind) = &self.behind {
+            behind.settle();
+        }
+    }
+
     /// Starts reading `len` bytes at `offset` into the page cache without
     /// waiting, when this thread's reads run inline: a caller about to make
     /// two inline reads (a block and its checksum table entry) prefetches
@@ -461,7 +469,7 @@ fn complete(mut op: Op, res: i32) -> Option<Op> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::segment::{SegmentHeader, SegmentKind};
 
@@ -504,7 +512,7 @@ mod tests {
     }
 
     /// How many of the first `len` bytes' pages of `file` are in the page cache.
-    fn resident_pages(file: &std::fs::File, len: usize) -> usize {
+    pub(crate) fn resident_pages(file: &std::fs::File, len: usize) -> usize {
         // SAFETY: a fresh read-only shared mapping of `len` bytes of a file
         // at least that long; only mincore reads it, and it is unmapped
         // before returning.
