@@ -413,7 +413,58 @@ pub fn table(
         }
         out.push('\n');
     }
+    let _ = writeln!(
+        out,
+        "\nPaired ratios: the median of each round's ratio, and their range (the two \
+         targets of a round ran seconds apart, so drift of the machine between rounds \
+         cancels):\n"
+    );
+    let _ = write!(out, "| job |");
+    for r in ratios {
+        let _ = write!(out, " {} |", r.label);
+    }
+    let _ = write!(out, "\n|---|");
+    for _ in ratios {
+        let _ = write!(out, "---:|");
+    }
+    out.push('\n');
+    for job in jobs {
+        let name = job.name();
+        let _ = write!(out, "| {name} |");
+        for r in ratios {
+            let cell = match paired_ratios(samples, &r.ours, &r.peer, &name) {
+                Some((mid, lo, hi)) => format!("{mid:.2} ({lo:.2}-{hi:.2})"),
+                None => "n/a".into(),
+            };
+            let _ = write!(out, " {cell} |");
+        }
+        out.push('\n');
+    }
     out
+}
+
+/// The ratio `ours` IOPS / `peer` IOPS of `job` in every round (and side)
+/// where both ran: its median, lowest and highest; `None` if no round has
+/// both.
+pub fn paired_ratios(
+    samples: &[Sample],
+    ours: &str,
+    peer: &str,
+    job: &str,
+) -> Option<(f64, f64, f64)> {
+    let ratios: Vec<f64> = samples
+        .iter()
+        .filter(|a| a.target == ours && a.job == job)
+        .filter_map(|a| {
+            let b = samples.iter().find(|b| {
+                b.target == peer && b.job == job && b.round == a.round && b.side == a.side
+            })?;
+            (b.iops > 0.0).then(|| a.iops / b.iops)
+        })
+        .collect();
+    let lo = ratios.iter().copied().reduce(f64::min)?;
+    let hi = ratios.iter().copied().reduce(f64::max)?;
+    Some((median(ratios)?, lo, hi))
 }
 
 #[cfg(test)]
@@ -462,6 +513,16 @@ mod tests {
         assert!(t.contains("| randread-4k-qd1 | a | 200 |"), "{t}");
         assert!(t.contains("| randread-4k-qd1 | c | n/a |"), "{t}");
         assert!(t.contains("| randread-4k-qd1 | 2.00 |"), "{t}");
+        // Only round 1 has both: its ratio alone.
+        assert!(t.contains("| randread-4k-qd1 | 1.00 (1.00-1.00) |"), "{t}");
+        let mut s = s;
+        s.push(sample("b", 2, 100.0));
+        s.push(sample("b", 3, 400.0));
+        assert_eq!(
+            paired_ratios(&s, "a", "b", "randread-4k-qd1"),
+            Some((1.0, 0.5, 3.0))
+        );
+        assert_eq!(paired_ratios(&s, "a", "c", "randread-4k-qd1"), None);
         assert!("nope".parse::<Ratio>().is_err());
     }
 
