@@ -385,62 +385,60 @@ pub fn table(
     if ratios.is_empty() {
         return out;
     }
-    let _ = writeln!(
-        out,
-        "\nRatios of median IOPS (same for MiB/s; above 1.00: ours is faster):\n"
+    ratio_table(
+        &mut out,
+        "Ratios of median IOPS (same for MiB/s; above 1.00: ours is faster):",
+        jobs,
+        ratios,
+        |r, job| match (
+            medians(samples, &r.ours, job),
+            medians(samples, &r.peer, job),
+        ) {
+            (Some(a), Some(b)) if b.iops > 0.0 => format!("{:.2}", a.iops / b.iops),
+            _ => "n/a".into(),
+        },
     );
-    let _ = write!(out, "| job |");
-    for r in ratios {
-        let _ = write!(out, " {} |", r.label);
-    }
-    let _ = write!(out, "\n|---|");
-    for _ in ratios {
-        let _ = write!(out, "---:|");
-    }
-    out.push('\n');
-    for job in jobs {
-        let name = job.name();
-        let _ = write!(out, "| {name} |");
-        for r in ratios {
-            let cell = match (
-                medians(samples, &r.ours, &name),
-                medians(samples, &r.peer, &name),
-            ) {
-                (Some(a), Some(b)) if b.iops > 0.0 => format!("{:.2}", a.iops / b.iops),
-                _ => "n/a".into(),
-            };
-            let _ = write!(out, " {cell} |");
-        }
-        out.push('\n');
-    }
-    let _ = writeln!(
-        out,
-        "\nPaired ratios: the median of each round's ratio, and their range (the two \
+    ratio_table(
+        &mut out,
+        "Paired ratios: the median of each round's ratio, and their range (the two \
          targets of a round ran seconds apart, so drift of the machine between rounds \
-         cancels):\n"
+         cancels):",
+        jobs,
+        ratios,
+        |r, job| match paired_ratios(samples, &r.ours, &r.peer, job) {
+            Some((mid, lo, hi)) => format!("{mid:.2} ({lo:.2}-{hi:.2})"),
+            None => "n/a".into(),
+        },
     );
-    let _ = write!(out, "| job |");
+    out
+}
+
+/// Appends a markdown table under `title`: a row per job, a column per
+/// ratio, each cell from `cell(ratio, job name)`.
+fn ratio_table(
+    out: &mut String,
+    title: &str,
+    jobs: &[Job],
+    ratios: &[Ratio],
+    cell: impl Fn(&Ratio, &str) -> String,
+) {
+    let _ = write!(out, "\n{title}\n\n| job |");
     for r in ratios {
         let _ = write!(out, " {} |", r.label);
     }
-    let _ = write!(out, "\n|---|");
+    out.push_str("\n|---|");
     for _ in ratios {
-        let _ = write!(out, "---:|");
+        out.push_str("---:|");
     }
     out.push('\n');
     for job in jobs {
         let name = job.name();
         let _ = write!(out, "| {name} |");
         for r in ratios {
-            let cell = match paired_ratios(samples, &r.ours, &r.peer, &name) {
-                Some((mid, lo, hi)) => format!("{mid:.2} ({lo:.2}-{hi:.2})"),
-                None => "n/a".into(),
-            };
-            let _ = write!(out, " {cell} |");
+            let _ = write!(out, " {} |", cell(r, &name));
         }
         out.push('\n');
     }
-    out
 }
 
 /// The ratio `ours` IOPS / `peer` IOPS of `job` in every round (and side)
