@@ -220,6 +220,22 @@ pub fn medians(samples: &[Sample], target: &str, job: &str) -> Option<Medians> {
     })
 }
 
+/// The median of `figure` over `target`'s runs of `job` that have it.
+fn median_of(
+    samples: &[Sample],
+    target: &str,
+    job: &str,
+    figure: impl Fn(&Sample) -> Option<f64>,
+) -> Option<f64> {
+    median(
+        samples
+            .iter()
+            .filter(|s| s.target == target && s.job == job)
+            .filter_map(figure)
+            .collect(),
+    )
+}
+
 /// Median CPU per request of each target that has it, as a markdown table
 /// with a column per target; `None` when no sample has a CPU figure.
 ///
@@ -257,12 +273,7 @@ pub fn cpu_table(samples: &[Sample], targets: &[String], jobs: &[Job]) -> Option
         let name = job.name();
         let _ = write!(out, "| {name} |");
         for t in &with_cpu {
-            let cpu: Vec<f64> = samples
-                .iter()
-                .filter(|s| &s.target == *t && s.job == name)
-                .filter_map(|s| s.cpu_us_per_op)
-                .collect();
-            match median(cpu) {
+            match median_of(samples, t, &name, |s| s.cpu_us_per_op) {
                 Some(us) => {
                     let _ = write!(out, " {us:.1} |");
                 }
@@ -295,12 +306,7 @@ pub fn disk_table(samples: &[Sample], targets: &[String], jobs: &[Job]) -> Optio
     for job in jobs {
         let name = job.name();
         for t in targets {
-            let mine: Vec<&Sample> = samples
-                .iter()
-                .filter(|s| &s.target == t && s.job == name)
-                .collect();
-            let m =
-                |f: fn(&Sample) -> Option<f64>| median(mine.iter().filter_map(|s| f(s)).collect());
+            let m = |f: fn(&Sample) -> Option<f64>| median_of(samples, t, &name, f);
             let (Some(mib), Some(util)) = (
                 m(|s| s.disk_write_bytes_per_s.map(|b| b / MIB)),
                 m(|s| s.disk_util_pct),
