@@ -27,7 +27,7 @@ use std::sync::Arc;
 use crate::catalog::{Catalog, Liveness, SegmentMeta};
 use crate::checkpoint::sync_dir;
 use crate::error::{Error, Result};
-use crate::record::RECORD_HEADER_BYTES;
+use crate::record::{RecordKind, RECORD_HEADER_BYTES};
 use crate::segment::{ScanStep, SegmentFile, SegmentKind, SEGMENT_HEADER_BYTES};
 use crate::store::{remove_if_exists, StoreInner};
 
@@ -42,8 +42,11 @@ pub struct GcReport {
     pub segments_cleaned: usize,
     /// Record bytes copied into GC segments.
     pub bytes_relocated: u64,
-    /// Segment file bytes given back to the file system.
+    /// Segment file bytes freed: given back to the file system, or kept in
+    /// the pool for reuse (`segments_pooled` of the files).
     pub bytes_freed: u64,
+    /// Freed segment files kept for reuse instead (see `pool.rs`).
+    pub segments_pooled: usize,
     /// Segments kept because a live record in them failed verification.
     pub corrupt: Vec<String>,
 }
@@ -51,6 +54,8 @@ pub struct GcReport {
 pub(crate) fn run(s: &Arc<StoreInner>) -> Result<GcReport> {
     let _admin = s.admin.lock();
     let mut report = GcReport::default();
+    // Space held for reuse goes back first when space is short.
+    s.pool.release_if_short()?;
 
     // 1. Every volume checkpointed: sealed segments are behind replay.
     let volumes: Vec<_> = s.volumes.read().values().cloned().collect();
@@ -146,6 +151,10 @@ pub(crate) fn run(s: &Arc<StoreInner>) -> Result<GcReport> {
         let mut found: HashSet<u32> = HashSet::new();
         let mut copy_error = None;
         seg.scan(SEGMENT_HEADER_BYTES, |at, h, payload| {
+            // What follows a seal in a reused file is stale.
+            if h.kind == RecordKind::Seal {
+                return ScanStep::StopAfter;
+            }
             let at = at as u32;
             if wanted.contains_key(&at) {
                 let mut bytes = Vec::with_capacity(h.total_bytes() as usize);
@@ -233,7 +242,10 @@ pub(crate) fn run(s: &Arc<StoreInner>) -> Result<GcReport> {
         }
     }
 
-    // 7. Remove what nothing references any more: catalog first.
+    // 7. Remove what nothing references any more: catalog first. The
+    // candidates' handles go first, so that the pool sees whether anyone
+    // else still holds a file.
+    drop(candidates);
     let gone: Vec<(u64, u64)> = dead.iter().chain(cleaned.iter()).copied().collect();
     for &(id, _) in &gone {
         Catalog::remove(&s.catalog.segments, id)?;
@@ -241,8 +253,15 @@ pub(crate) fn run(s: &Arc<StoreInner>) -> Result<GcReport> {
     }
     s.catalog.flush()?;
     for &(id, file_bytes) in &gone {
-        if let Some(seg) = s.segments.write().remove(&id) {
-            remove_if_exists(&seg.path)?;
+        let removed = s.segments.write().remove(&id);
+        if let Some(seg) = removed {
+            // Kept for reuse when the pool takes it (see `pool.rs`); the
+            // file system gets it back otherwise.
+            if s.pool.give(&seg) {
+                report.segments_pooled += 1;
+            } else {
+                remove_if_exists(&seg.path)?;
+            }
         }
         report.bytes_freed += file_bytes;
     }
@@ -275,7 +294,7 @@ fn append_gc(
         None => true,
     };
     if full {
-        let seg = s.new_segment(SegmentKind::Gc, 0, 0)?;
+        let seg = s.new_segment(SegmentKind::Gc, 0, 0, false)?;
         // The full one is complete: its pages leave the page cache once
         // written back, as a sealed log segment's do (relocated records are
         // read through the maps, rarely; a pass may copy gigabytes).

@@ -39,6 +39,7 @@ pub mod inspect;
 mod io;
 pub mod limits;
 mod log_writer;
+mod pool;
 pub mod record;
 mod recovery;
 mod remote;

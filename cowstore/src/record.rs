@@ -23,6 +23,12 @@
 //! The header checksum covers the payload checksum, so every byte of a record
 //! is covered by exactly one crc32c that a reader checks.
 //!
+//! Pad records (kind 7) fill a reused segment file up to the next
+//! [`PAGE_BYTES`] boundary after each batch of appends, so that an append
+//! never ends inside a page whose old contents the kernel would first have
+//! to read from disk (see `pool.rs`). Their payload is zeroes; replay only
+//! checks them and moves on.
+//!
 //! Block checksums (flag bit 2, uncompressed Write records only): the
 //! payload is the data followed by one little-endian crc32c per
 //! [`CHECK_BLOCK_BYTES`] block of it (the last block may be shorter). A read
@@ -52,6 +58,22 @@ pub const KNOWN_FLAGS: u8 = FLAG_COMPRESSED | FLAG_CONTINUED | FLAG_BLOCK_CRCS;
 /// Granularity of block checksums: the guest's usual block size.
 pub const CHECK_BLOCK_BYTES: usize = 4096;
 
+/// The page size appends in reused segment files are aligned to (the
+/// kernel's on every platform we run on; a larger page only costs reads).
+pub const PAGE_BYTES: usize = 4096;
+
+/// Bytes of the Pad record that takes a log at `offset` to the next page
+/// boundary: 0 when it is on one; else the gap, plus a page when the gap is
+/// too small to hold a record header. Always under `2 * PAGE_BYTES`.
+pub fn pad_bytes_at(offset: u64) -> usize {
+    let gap = (PAGE_BYTES - (offset % PAGE_BYTES as u64) as usize) % PAGE_BYTES;
+    match gap {
+        0 => 0,
+        g if g < RECORD_HEADER_BYTES => g + PAGE_BYTES,
+        g => g,
+    }
+}
+
 /// Bytes of the block checksum table of `data_bytes` of data.
 pub fn block_crc_table_bytes(data_bytes: usize) -> usize {
     data_bytes.div_ceil(CHECK_BLOCK_BYTES) * 4
@@ -74,6 +96,8 @@ pub enum RecordKind {
     Resize = 5,
     /// The segment ends here; the log continues in the next segment.
     Seal = 6,
+    /// Filler up to a page boundary (payload: zeroes); nothing to replay.
+    Pad = 7,
 }
 
 impl RecordKind {
@@ -85,6 +109,7 @@ impl RecordKind {
             4 => Self::Snapshot,
             5 => Self::Resize,
             6 => Self::Seal,
+            7 => Self::Pad,
             _ => return None,
         })
     }
@@ -221,6 +246,7 @@ impl RecordHeader {
             RecordKind::Zero | RecordKind::Discard => stored == 0 && self.len_sectors > 0,
             RecordKind::Snapshot => stored > 0 && stored <= MAX_NAME_BYTES,
             RecordKind::Resize | RecordKind::Seal => stored == 0,
+            RecordKind::Pad => stored < PAGE_BYTES,
         };
         if ok {
             Ok(())
@@ -595,6 +621,46 @@ pub(crate) mod tests {
             RecordHeader::decode(&rec[..10]),
             Err(RecordError::Truncated)
         );
+    }
+
+    #[test]
+    fn pads_reach_the_next_page_and_are_bounded() {
+        for offset in [
+            64u64,
+            4095,
+            4096 - 56,
+            4096 - 55,
+            4096,
+            8191,
+            12345,
+            1 << 30,
+        ] {
+            let pad = pad_bytes_at(offset);
+            assert_eq!(
+                (offset + pad as u64) % PAGE_BYTES as u64,
+                0,
+                "offset {offset}"
+            );
+            assert!(
+                pad == 0 || pad >= RECORD_HEADER_BYTES,
+                "offset {offset}: pad {pad}"
+            );
+            assert!(pad < 2 * PAGE_BYTES);
+        }
+        assert_eq!(pad_bytes_at(4096), 0);
+        assert_eq!(pad_bytes_at(4096 - 55), 55 + PAGE_BYTES);
+        // The largest pad a writer makes decodes; a page of payload does not.
+        let zeroes = vec![0u8; PAGE_BYTES];
+        let largest = pad_bytes_at(4096 - 55) - RECORD_HEADER_BYTES;
+        let rec = sample(RecordKind::Pad, &zeroes[..largest], 0, 0);
+        assert_eq!(RecordHeader::decode(&rec).unwrap().kind, RecordKind::Pad);
+        let rec = sample(RecordKind::Pad, &zeroes, 0, 0);
+        assert_eq!(
+            RecordHeader::decode(&rec),
+            Err(RecordError::BadLength(PAGE_BYTES as u32))
+        );
+        let rec = sample(RecordKind::Pad, b"", FLAG_CONTINUED, 0);
+        assert!(RecordHeader::decode(&rec).is_err());
     }
 
     #[test]

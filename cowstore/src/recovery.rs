@@ -285,6 +285,7 @@ fn replay_volume(
                     }
                 }
                 RecordKind::Seal => sealed = true,
+                RecordKind::Pad => {}
             }
             last_seq = h.seq;
             bytes_replayed += h.total_bytes();
@@ -369,7 +370,7 @@ fn recreate_log_segment(
         Catalog::remove(&s.catalog.segments, old)?;
         remove_if_exists(&segment_path(&s.segments_dir, old))?;
     }
-    s.new_segment(SegmentKind::Log, volume_id, chain_index)
+    s.new_segment(SegmentKind::Log, volume_id, chain_index, false)
 }
 
 fn remove_orphan_segment_files(s: &StoreInner, metas: &[SegmentMeta]) -> Result<()> {

@@ -251,7 +251,21 @@ impl StoreInner {
         }
         let seg = self.segment(id)?;
         let path = seg.path.clone();
-        let body = Bytes::from(std::fs::read(&path).map_err(|e| Error::io(&path, e))?);
+        let mut bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        if meta.kind == SegmentKind::Log {
+            // A reused file may hold stale records after the seal: they are
+            // not this segment's and must not leave the machine.
+            match crate::segment::sealed_len(&bytes) {
+                Some(len) => bytes.truncate(len),
+                None => {
+                    return Err(Error::CorruptSegment {
+                        path,
+                        why: "sealed log segment without a readable seal".into(),
+                    })
+                }
+            }
+        }
+        let body = Bytes::from(bytes);
         let len = body.len() as u64;
         let tier = self.tier()?;
         let h = tier.handle();
@@ -817,7 +831,7 @@ impl Store {
         let ckpt = self.fetch_checkpoint(&m.checkpoint, CheckpointKind::Volume, m.id)?;
         self.register_remote_segments(&m.segments)?;
         s.catalog.claim_name(name, NameTarget::Volume(m.id))?;
-        let seg = s.new_segment(SegmentKind::Log, m.id, ckpt.replay_from.chain_index)?;
+        let seg = s.new_segment(SegmentKind::Log, m.id, ckpt.replay_from.chain_index, false)?;
         Catalog::put(
             &s.catalog.volumes,
             m.id,

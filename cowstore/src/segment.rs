@@ -22,7 +22,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::record::{RecordError, RecordHeader, MAX_PAYLOAD_BYTES, RECORD_HEADER_BYTES};
+use crate::record::{
+    RecordError, RecordHeader, RecordKind, MAX_PAYLOAD_BYTES, RECORD_HEADER_BYTES,
+};
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"COWSEG01";
 pub const SEGMENT_HEADER_BYTES: u64 = 64;
@@ -97,6 +99,9 @@ pub struct SegmentFile {
     /// How far the page cache of this file was written back and dropped
     /// (see `drop_behind`).
     pub(crate) behind: crate::drop_behind::FileBehind,
+    /// A file reused from the pool (see `pool.rs`): stale records may
+    /// follow the log's end, and appends are padded to pages.
+    pub reused: bool,
 }
 
 pub fn segment_path(dir: &Path, segment_id: u64) -> PathBuf {
@@ -120,6 +125,29 @@ impl SegmentFile {
             path,
             file,
             behind: Default::default(),
+            reused: false,
+        })
+    }
+
+    /// Makes the pooled file `from` segment `header.segment_id`: renamed into
+    /// place and its header rewritten (not yet synced). Its old records stay
+    /// behind the header until overwritten.
+    pub fn reuse(dir: &Path, header: SegmentHeader, from: &Path) -> Result<Self> {
+        let path = segment_path(dir, header.segment_id);
+        std::fs::rename(from, &path).map_err(|e| Error::io(from, e))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        file.write_all_at(&header.encode(), 0)
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(SegmentFile {
+            id: header.segment_id,
+            path,
+            file,
+            behind: Default::default(),
+            reused: true,
         })
     }
 
@@ -159,6 +187,9 @@ impl SegmentFile {
                 path,
                 file,
                 behind: Default::default(),
+                // Recovery cuts an open log segment at its end: no stale
+                // records follow what an open finds.
+                reused: false,
             },
             header,
         ))
@@ -232,4 +263,23 @@ pub enum ScanStep {
     Stop,
     /// Stop after this record (a seal).
     StopAfter,
+}
+
+/// Bytes of a sealed log segment up to and including its seal, found by
+/// walking the record headers of `bytes` (the whole file); `None` if no
+/// seal is found. What follows a seal in a reused file is stale.
+pub fn sealed_len(bytes: &[u8]) -> Option<usize> {
+    let mut at = SEGMENT_HEADER_BYTES as usize;
+    loop {
+        let header = RecordHeader::decode(bytes.get(at..)?).ok()?;
+        let end = at.checked_add(usize::try_from(header.total_bytes()).ok()?)?;
+        if header.kind == RecordKind::Seal {
+            debug_assert_eq!(end, at + RECORD_HEADER_BYTES);
+            return Some(end);
+        }
+        if end > bytes.len() {
+            return None;
+        }
+        at = end;
+    }
 }

@@ -28,10 +28,11 @@ use crate::extent_map::ExtentMap;
 use crate::io::{IoBackendChoice, SegmentIo};
 use crate::limits::{
     check_name, DEFAULT_DROP_BEHIND_BYTES, DEFAULT_LOG_WRITER_THREADS, DEFAULT_SEGMENT_BYTES,
-    MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES,
+    DEFAULT_SEGMENT_POOL_BYTES, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES,
 };
+use crate::pool::SegmentPool;
 use crate::recovery::RecoveryStats;
-use crate::segment::{SegmentFile, SegmentHeader, SegmentKind, SEGMENT_HEADER_BYTES};
+use crate::segment::{segment_path, SegmentFile, SegmentHeader, SegmentKind, SEGMENT_HEADER_BYTES};
 use crate::snapshot::{Snapshot, SnapshotInner};
 use crate::tier::{ObjectTier, TierConfig};
 use crate::volume::{check_size, LogTail, VolState, Volume, VolumeInner};
@@ -59,7 +60,10 @@ fn hostname() -> String {
 
 /// The file that makes a directory a store: settings fixed at creation.
 const FORMAT_FILE: &str = "format";
-const FORMAT_VERSION: u32 = 1;
+/// 2: logs may hold Pad records (kind 7). An open upgrades a version 1
+/// store, so that a build that does not know pads refuses it instead of
+/// cutting its logs at the first pad.
+const FORMAT_VERSION: u32 = 2;
 
 /// Store settings.
 #[derive(Clone, Debug)]
@@ -85,6 +89,15 @@ pub struct StoreConfig {
     pub gc_live_threshold_pct: u8,
     /// The object storage tier; `None` keeps everything local.
     pub tier: Option<TierConfig>,
+    /// Segment files the cleaner frees are kept (up to this many bytes) and
+    /// reused as new log segments of volumes writing large batches, which
+    /// then overwrite written blocks instead of fresh ones (see `pool.rs`).
+    /// 0 deletes every freed file.
+    pub segment_pool_bytes: u64,
+    /// A volume's next segments reuse pooled files once its recent append
+    /// batches average at least this many bytes (see `pool.rs` for why
+    /// small batches do not).
+    pub reuse_min_batch_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -97,6 +110,8 @@ impl Default for StoreConfig {
             checkpoint_interval_bytes: 256 << 20,
             gc_live_threshold_pct: 50,
             tier: None,
+            segment_pool_bytes: DEFAULT_SEGMENT_POOL_BYTES,
+            reuse_min_batch_bytes: crate::pool::REUSE_MIN_BATCH_BYTES,
         }
     }
 }
@@ -121,6 +136,8 @@ pub(crate) struct StoreInner {
     background_tx: Mutex<Option<BackgroundTx>>,
     /// The active GC output segment, if any (appended to by the cleaner only).
     pub gc_tail: Mutex<Option<(Arc<SegmentFile>, u64)>>,
+    /// Freed segment files kept for reuse.
+    pub pool: SegmentPool,
     pub tier: Option<ObjectTier>,
     /// Segments in the object store: id -> object size.
     pub remote: RwLock<HashMap<u64, u64>>,
@@ -149,12 +166,14 @@ impl StoreInner {
 
     /// Creates a segment durably: catalog entry first (so a file without an
     /// entry is always garbage), then the file with its header, fsynced with
-    /// its directory entry.
+    /// its directory entry. With `reuse`, the file is a pooled one when the
+    /// pool has any (see `pool.rs`).
     pub fn new_segment(
         &self,
         kind: SegmentKind,
         volume_id: u64,
         chain_index: u64,
+        reuse: bool,
     ) -> Result<Arc<SegmentFile>> {
         let id = self.catalog.generate_id()?;
         Catalog::put(
@@ -169,15 +188,29 @@ impl StoreInner {
             },
         )?;
         self.catalog.flush()?;
-        let seg = SegmentFile::create(
-            &self.segments_dir,
-            SegmentHeader {
-                segment_id: id,
-                volume_id,
-                chain_index,
-                kind,
+        let header = SegmentHeader {
+            segment_id: id,
+            volume_id,
+            chain_index,
+            kind,
+        };
+        let pooled = if reuse { self.pool.take() } else { None };
+        let seg = match pooled {
+            Some(from) => match SegmentFile::reuse(&self.segments_dir, header, &from) {
+                Ok(seg) => seg,
+                Err(e) => {
+                    tracing::warn!("cannot reuse {}: {e}", from.display());
+                    if from.exists() {
+                        self.pool.put_back(from);
+                    }
+                    // A file renamed into place but not rewritten is
+                    // replaced: create_new would refuse its name.
+                    remove_if_exists(&segment_path(&self.segments_dir, id))?;
+                    SegmentFile::create(&self.segments_dir, header)?
+                }
             },
-        )?;
+            None => SegmentFile::create(&self.segments_dir, header)?,
+        };
         seg.file.sync_all().map_err(|e| Error::io(&seg.path, e))?;
         sync_dir(&self.segments_dir)?;
         let seg = Arc::new(seg);
@@ -197,7 +230,7 @@ impl StoreInner {
         let next = st.tail.chain_index + 1;
         let seg = match v.spare.take_for(next) {
             Some(seg) => seg,
-            None => self.new_segment(SegmentKind::Log, v.id, next)?,
+            None => self.new_segment(SegmentKind::Log, v.id, next, self.reuse_for(v))?,
         };
         st.tail = LogTail {
             segment: seg,
@@ -218,7 +251,7 @@ impl StoreInner {
         let Some(chain_index) = v.spare.start() else {
             return;
         };
-        match self.new_segment(SegmentKind::Log, v.id, chain_index) {
+        match self.new_segment(SegmentKind::Log, v.id, chain_index, self.reuse_for(v)) {
             Ok(seg) => v.spare.made(chain_index, seg),
             Err(e) => {
                 tracing::warn!(volume = %v.name, "cannot make a spare log segment: {e}");
@@ -395,14 +428,7 @@ impl Store {
             segment_bytes: config.segment_bytes,
             id_salt: random_u64(),
         };
-        let tmp = dir.join("format.tmp");
-        let body =
-            serde_json::to_vec_pretty(&settings).map_err(|e| Error::Config(e.to_string()))?;
-        std::fs::write(&tmp, body)
-            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, dir.join(FORMAT_FILE)))
-            .map_err(|e| Error::io(&tmp, e))?;
-        sync_dir(dir)?;
+        write_settings(dir, &settings)?;
         Self::open(dir, config)
     }
 
@@ -420,7 +446,7 @@ impl Store {
         };
         let settings: Settings = serde_json::from_slice(&body)
             .map_err(|e| Error::Config(format!("{}: {e}", format_path.display())))?;
-        if settings.format_version != FORMAT_VERSION {
+        if !(1..=FORMAT_VERSION).contains(&settings.format_version) {
             return Err(Error::Config(format!(
                 "store format version {} is not supported",
                 settings.format_version
@@ -433,6 +459,22 @@ impl Store {
             )));
         }
         let catalog = Catalog::open(&dir.join("catalog"), settings.id_salt)?;
+        if settings.format_version < FORMAT_VERSION {
+            // After the catalog's lock: this process owns the store now.
+            tracing::info!(store = %dir.display(), from = settings.format_version, to = FORMAT_VERSION, "upgrading the store format");
+            write_settings(
+                dir,
+                &Settings {
+                    format_version: FORMAT_VERSION,
+                    ..settings.clone()
+                },
+            )?;
+        }
+        let pool = SegmentPool::open(
+            &dir.join("free"),
+            config.segment_pool_bytes,
+            settings.segment_bytes,
+        )?;
         let io = SegmentIo::new(
             config.io_backend,
             config.drop_behind_bytes,
@@ -471,6 +513,7 @@ impl Store {
                 spare: spare_tx,
             })),
             gc_tail: Mutex::new(None),
+            pool,
             tier,
             remote: RwLock::new(HashMap::new()),
             uploading: Mutex::new(std::collections::HashSet::new()),
@@ -579,7 +622,7 @@ impl Store {
         let id = s.catalog.generate_id()?;
         s.catalog.claim_name(name, NameTarget::Volume(id))?;
         let created = (|| {
-            let seg = s.new_segment(SegmentKind::Log, id, 0)?;
+            let seg = s.new_segment(SegmentKind::Log, id, 0, false)?;
             Catalog::put(
                 &s.catalog.volumes,
                 id,
@@ -866,6 +909,12 @@ impl Store {
         crate::gc::run(&self.inner)
     }
 
+    /// Freed segment files kept for reuse (see
+    /// [`StoreConfig::segment_pool_bytes`]); not in [`Store::disk_bytes`].
+    pub fn pooled_segments(&self) -> usize {
+        self.inner.pool.len()
+    }
+
     /// Bytes held by segment files on local disk.
     pub fn disk_bytes(&self) -> u64 {
         self.inner
@@ -892,6 +941,26 @@ fn check_drop_behind(config: &StoreConfig) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+impl StoreInner {
+    /// Whether `v`'s next log segment should reuse a pooled file: only for
+    /// volumes writing large batches ([`StoreConfig::reuse_min_batch_bytes`]).
+    fn reuse_for(&self, v: &VolumeInner) -> bool {
+        v.batch_bytes_avg.load(std::sync::atomic::Ordering::Relaxed)
+            >= self.config.reuse_min_batch_bytes
+    }
+}
+
+/// Writes the format file atomically (a temporary file, synced, renamed).
+fn write_settings(dir: &Path, settings: &Settings) -> Result<()> {
+    let tmp = dir.join("format.tmp");
+    let body = serde_json::to_vec_pretty(settings).map_err(|e| Error::Config(e.to_string()))?;
+    std::fs::write(&tmp, body)
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, dir.join(FORMAT_FILE)))
+        .map_err(|e| Error::io(&tmp, e))?;
+    sync_dir(dir)
 }
 
 pub(crate) fn remove_if_exists(path: &Path) -> Result<()> {

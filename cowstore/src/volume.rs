@@ -8,7 +8,7 @@
 //! the write's own buffer (the pending table), and `flush` waits for them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -84,6 +84,9 @@ pub(crate) struct VolumeInner {
     compress_hint: record::CompressHint,
     /// The log's next segment, made ahead by the spare thread.
     pub spare: SpareSegment,
+    /// Bytes per append batch lately (a moving average over about 8
+    /// batches): decides whether the next segments reuse pooled files.
+    pub batch_bytes_avg: AtomicU64,
 }
 
 impl VolumeInner {
@@ -103,6 +106,7 @@ impl VolumeInner {
             failed: Mutex::new(None),
             compress_hint: record::CompressHint::default(),
             spare: SpareSegment::default(),
+            batch_bytes_avg: AtomicU64::new(0),
         }
     }
 
@@ -710,10 +714,19 @@ impl Volume {
                 if !fits && st.tail.offset > crate::segment::SEGMENT_HEADER_BYTES {
                     let seq = st.next_seq;
                     st.next_seq += 1;
-                    let mut seal = Vec::with_capacity(RECORD_HEADER_BYTES);
+                    let mut seal = Vec::with_capacity(record::PAGE_BYTES);
                     let mut h = header(RecordKind::Seal, v.id, 0, 0);
                     h.seq = seq;
                     h.encode_with_payload(&[], &mut seal);
+                    if st.tail.segment.reused {
+                        // Zeroes to the page's end: nothing follows a seal in
+                        // its segment, and a whole page is written without
+                        // reading its old contents first.
+                        let page = record::PAGE_BYTES as u64;
+                        let end = st.tail.offset + RECORD_HEADER_BYTES as u64;
+                        let to_page = ((page - end % page) % page) as usize;
+                        seal.resize(RECORD_HEADER_BYTES + to_page, 0);
+                    }
                     seals.push((st.tail.segment.clone(), st.tail.offset, seal));
                     // The seal must be synced by the next flush even if that
                     // flush already took the segment off the dirty list:
@@ -739,6 +752,29 @@ impl Volume {
                 if !st.dirty.iter().any(|d| Arc::ptr_eq(d, &seg)) {
                     st.dirty.push(seg);
                 }
+            }
+            // In a reused file the batch ends on a page, so that no append
+            // ends inside a page whose stale contents the kernel would read
+            // from disk first (see `pool.rs`). Batches never share a page
+            // there, so two in flight never write the same one.
+            let pad = record::pad_bytes_at(st.tail.offset);
+            if st.tail.segment.reused && pad > 0 && !placements.is_empty() {
+                const ZEROES: [u8; 2 * record::PAGE_BYTES] = [0; 2 * record::PAGE_BYTES];
+                let at = batch.buf.len();
+                let mut h = header(RecordKind::Pad, v.id, 0, 0);
+                h.seq = st.next_seq;
+                st.next_seq += 1;
+                h.encode_with_payload(&ZEROES[..pad - RECORD_HEADER_BYTES], &mut batch.buf);
+                batch.records.push((at, pad, MapEffect::None));
+                placements.push((st.tail.segment.clone(), st.tail.offset));
+                st.tail.offset += pad as u64;
+                st.bytes_since_ckpt += pad as u64;
+            }
+            if !placements.is_empty() {
+                let avg = v.batch_bytes_avg.load(Ordering::Relaxed);
+                let this = batch.buf.len() as u64;
+                v.batch_bytes_avg
+                    .store((avg * 7 + this) / 8, Ordering::Relaxed);
             }
             let last_seq = st.next_seq - 1;
             let buf = Arc::new(std::mem::take(&mut batch.buf));

@@ -12,6 +12,10 @@
 //!   (`open` must reject a bad one with an error);
 //! - bit 2: start the scan at an offset taken from the input (inside the
 //!   file, or just past its end) instead of right after the header.
+//!
+//! `sealed_len` (where an upload cuts a sealed segment) walks the same
+//! bytes and must agree with a scan from the header: the end just past the
+//! seal the scan stopped at, or nothing when the scan met no seal.
 
 #![no_main]
 
@@ -25,7 +29,8 @@ use cowstore::record::{
     RECORD_HEADER_BYTES, RECORD_MAGIC,
 };
 use cowstore::segment::{
-    segment_path, ScanStep, SegmentFile, SegmentHeader, SegmentKind, SEGMENT_HEADER_BYTES,
+    sealed_len, segment_path, ScanStep, SegmentFile, SegmentHeader, SegmentKind,
+    SEGMENT_HEADER_BYTES,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -194,5 +199,18 @@ fuzz_target!(|data: &[u8]| {
     }
     if stop.is_none() && !sealed {
         assert_eq!(end, file_len, "a clean stop is only at end of file");
+    }
+    if start == SEGMENT_HEADER_BYTES {
+        // Headers only: a payload sealed_len does not check may be what
+        // stopped the scan, so a seal it finds past the scan's end is fine.
+        match sealed_len(&file_bytes) {
+            Some(cut) => {
+                assert!(cut as u64 <= file_len);
+                if sealed {
+                    assert_eq!(cut as u64, end, "the cut is not the scan's seal");
+                }
+            }
+            None => assert!(!sealed, "the scan found a seal that sealed_len missed"),
+        }
     }
 });

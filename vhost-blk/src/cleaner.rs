@@ -238,6 +238,7 @@ fn run(
                     disk_bytes_after = after_bytes,
                     bytes_freed = r.bytes_freed,
                     bytes_relocated = r.bytes_relocated,
+                    segments_pooled = r.segments_pooled,
                     took_ms,
                     "cleaner pass"
                 );

@@ -469,6 +469,8 @@ impl Daemon {
                     "segments_cleaned": r.segments_cleaned,
                     "bytes_relocated": r.bytes_relocated,
                     "bytes_freed": r.bytes_freed,
+                    "segments_pooled": r.segments_pooled,
+                    "pooled_segments": self.store.pooled_segments(),
                     "corrupt": r.corrupt,
                 }))
             }

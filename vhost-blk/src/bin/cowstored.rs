@@ -3,6 +3,7 @@
 //! ```text
 //! cowstored --store DIR --control SOCK [--queues N] [--log-json] [--io auto|uring|blocking]
 //!           [--drop-behind-bytes N|off] [--log-writers N] [--poll-after-write-us US]
+//!           [--segment-pool-bytes N]
 //!           [--attach NAME=SOCKET]... [--attach-snapshot NAME=SOCKET]...
 //!           [--create NAME=SIZE_BYTES]...
 //!           [--gc-interval-ms MS] [--gc-growth-percent P]
@@ -13,7 +14,8 @@
 //! cleaner pass when the store grew by P% (and at least N bytes) since the
 //! last pass and the last interval was quiet (grew by at most the busy
 //! bytes), or grew by four times that threshold, or when its file system
-//! has less than P% free.
+//! has less than P% free. Segment files the cleaner frees are kept for
+//! reuse up to `--segment-pool-bytes` (default 8 GiB; 0 deletes them).
 //! Runs until SIGTERM or SIGINT, then stops every export, flushes every
 //! volume and closes the store. Logs go to stderr (`RUST_LOG` filters).
 
@@ -36,12 +38,13 @@ struct Args {
     drop_behind_bytes: Option<u64>,
     log_writer_threads: usize,
     poll_after_write: std::time::Duration,
+    segment_pool_bytes: u64,
 }
 
 fn usage() -> &'static str {
     "usage: cowstored --store DIR --control SOCK [--queues N] [--log-json] [--io auto|uring|blocking] \
      [--drop-behind-bytes N|off] [--log-writers N] [--poll-after-write-us US] \
-     [--create NAME=SIZE_BYTES]... [--attach NAME=SOCKET]... [--attach-snapshot NAME=SOCKET]... \
+     [--segment-pool-bytes N] [--create NAME=SIZE_BYTES]... [--attach NAME=SOCKET]... [--attach-snapshot NAME=SOCKET]... \
      [--gc-interval-ms MS] [--gc-growth-percent P] [--gc-min-growth-bytes N] \
      [--gc-busy-growth-bytes N] [--gc-low-free-percent P]"
 }
@@ -58,6 +61,7 @@ fn parse_args() -> Result<Args> {
     let mut drop_behind_bytes = cowstore::StoreConfig::default().drop_behind_bytes;
     let mut log_writer_threads = cowstore::StoreConfig::default().log_writer_threads;
     let mut poll_after_write = vhost_blk::export::DEFAULT_POLL_AFTER_WRITE;
+    let mut segment_pool_bytes = cowstore::StoreConfig::default().segment_pool_bytes;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = || {
@@ -114,6 +118,9 @@ fn parse_args() -> Result<Args> {
                     );
                 }
             }
+            "--segment-pool-bytes" => {
+                segment_pool_bytes = value()?.parse().context("--segment-pool-bytes")?
+            }
             "--gc-interval-ms" => {
                 let ms: u64 = value()?.parse().context("--gc-interval-ms")?;
                 cleaner.interval = std::time::Duration::from_millis(ms);
@@ -158,6 +165,7 @@ fn parse_args() -> Result<Args> {
         drop_behind_bytes,
         log_writer_threads,
         poll_after_write,
+        segment_pool_bytes,
     })
 }
 
@@ -220,6 +228,7 @@ fn main() -> Result<()> {
         io_backend: args.io_backend,
         drop_behind_bytes: args.drop_behind_bytes,
         log_writer_threads: args.log_writer_threads,
+        segment_pool_bytes: args.segment_pool_bytes,
         ..Default::default()
     };
     let store = cowstore::Store::open_or_create(&args.store, config)
