@@ -197,7 +197,10 @@ impl StoreInner {
         let pooled = if reuse { self.pool.take() } else { None };
         let seg = match pooled {
             Some(from) => match SegmentFile::reuse(&self.segments_dir, header, &from) {
-                Ok(seg) => seg,
+                Ok(seg) => {
+                    tracing::debug!(segment = id, from = %from.display(), "segment file reused");
+                    seg
+                }
                 Err(e) => {
                     tracing::warn!("cannot reuse {}: {e}", from.display());
                     if from.exists() {

@@ -788,3 +788,41 @@ fn reused_segment_files_never_replay_their_old_records() {
         );
     }
 }
+
+/// A store made before pad records (format 1) is upgraded when opened, so
+/// that older builds refuse it afterwards; a newer format is refused here.
+#[test]
+fn opening_upgrades_format_1_and_refuses_unknown_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s");
+    let cfg = config(IoBackendChoice::Auto);
+    let store = Store::create(&path, cfg.clone()).unwrap();
+    let v = store.create_volume("v", 1 << 20).unwrap();
+    block_on(v.write(0, &pattern(1, 4096))).unwrap();
+    drop(v);
+    store.close().unwrap();
+    let format = path.join("format");
+    let with_version = |version: u32| {
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&format).unwrap()).unwrap();
+        json["format_version"] = version.into();
+        std::fs::write(&format, serde_json::to_vec(&json).unwrap()).unwrap();
+    };
+    let version = || -> u64 {
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&format).unwrap()).unwrap();
+        json["format_version"].as_u64().unwrap()
+    };
+    with_version(1);
+    let store = Store::open(&path, cfg.clone()).unwrap();
+    assert_eq!(version(), 2);
+    let v = store.volume("v").unwrap();
+    assert_eq!(block_on(v.read(0, 4096)).unwrap(), pattern(1, 4096));
+    drop(v);
+    store.close().unwrap();
+    with_version(3);
+    match Store::open(&path, cfg) {
+        Err(Error::Config(why)) => assert!(why.contains("format version 3"), "{why}"),
+        other => panic!("a format 3 store opened: {other:?}"),
+    }
+}

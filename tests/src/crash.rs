@@ -45,7 +45,9 @@ const MAGIC: &[u8; 8] = b"CRASHBLK";
 
 /// The victim's store settings: small segments and a small checkpoint
 /// interval, so segment rolls and background checkpoints happen every
-/// fraction of a second.
+/// fraction of a second; and every log segment after the first cleaner
+/// pass a reused file (whatever the batch sizes), so kills land while the
+/// log runs through files with stale records after its end.
 ///
 /// With `COWSTORE_CRASH_BUCKET` set, the store also has an object tier in
 /// that local folder (local durability: uploads run in the background, so a
@@ -54,6 +56,7 @@ pub fn store_config() -> StoreConfig {
     StoreConfig {
         segment_bytes: 256 << 10,
         checkpoint_interval_bytes: 1 << 20,
+        reuse_min_batch_bytes: 0,
         tier: std::env::var("COWSTORE_CRASH_BUCKET")
             .ok()
             .map(cowstore::TierConfig::new),

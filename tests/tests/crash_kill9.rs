@@ -238,6 +238,12 @@ fn verify(
     if round == 0 {
         eprintln!("crash_kill9: segment I/O backend {}", store.io_backend());
     }
+    // Segment files the victim's cleaner freed and its log did not take
+    // back yet (the log reuses them: crash::store_config).
+    eprintln!(
+        "crash_kill9: round {round}: {} pooled segment files",
+        store.pooled_segments()
+    );
     let all_snapshots = store.snapshots();
     let mut held = Vec::new();
     for (v, model) in models.iter_mut().enumerate() {
