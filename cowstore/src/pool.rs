@@ -119,10 +119,20 @@ impl SegmentPool {
         // its extent up before the cleaner ran, a drop-behind note): an
         // unlinked file keeps them for it, a reused one would not.
         if Arc::strong_count(seg) != 1 || Arc::weak_count(seg) != 0 {
+            tracing::debug!(
+                segment = seg.id,
+                holders = Arc::strong_count(seg),
+                "freed segment file still held: deleted, not pooled"
+            );
             return false;
         }
         let mut st = self.state.lock();
         if st.files.len() >= self.max_files || self.short_of_space() {
+            tracing::debug!(
+                segment = seg.id,
+                pooled = st.files.len(),
+                "pool full or space short: deleted, not pooled"
+            );
             return false;
         }
         let to = self.dir.join(format!("{:016x}{SUFFIX}", st.next_name));
