@@ -53,6 +53,7 @@ pub use error::{Error, Result};
 pub use gc::GcReport;
 pub use inspect::{ByteRange, ObjectKind, SpaceUsage, VerifyError, VerifyReport};
 pub use io::{with_inline_io, IoBackendChoice};
+pub use pool::free_percent;
 pub use recovery::RecoveryStats;
 pub use remote::ObjectGcReport;
 pub use snapshot::Snapshot;

@@ -186,8 +186,9 @@ impl SegmentPool {
 }
 
 /// Percentage of the file system holding `path` that is free for
-/// unprivileged use, or `None` if it cannot be read.
-fn free_percent(path: &Path) -> Option<u64> {
+/// unprivileged use (`f_bavail` of `f_blocks`), or `None` if it cannot be
+/// read. The pool and vhost-blk's cleaner judge "short of space" by it.
+pub fn free_percent(path: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();

@@ -201,7 +201,7 @@ fn run(
         let seen = Observation {
             disk_bytes,
             baseline_bytes,
-            free_percent: free_percent(dir),
+            free_percent: cowstore::free_percent(dir),
             recent_growth_bytes: disk_bytes.saturating_sub(last_bytes),
         };
         last_bytes = disk_bytes;
@@ -254,22 +254,6 @@ fn run(
         baseline_bytes = after_bytes;
         last_bytes = after_bytes;
     }
-}
-
-/// Free space of the file system holding `dir`, in percent of its size.
-fn free_percent(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs is plain data, zero is a valid bit pattern for it; the
-    // call only writes into it and reads the NUL-terminated path.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is a valid C string and `st` a valid out pointer.
-    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    let total = st.f_blocks;
-    let avail = st.f_bavail;
-    (total > 0).then(|| avail.saturating_mul(100) / total)
 }
 
 #[cfg(test)]
