@@ -111,33 +111,25 @@ pub fn segment_path(dir: &Path, segment_id: u64) -> PathBuf {
 impl SegmentFile {
     /// Creates a new segment file with its header written (not yet synced).
     pub fn create(dir: &Path, header: SegmentHeader) -> Result<Self> {
-        let path = segment_path(dir, header.segment_id);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        file.write_all_at(&header.encode(), 0)
-            .map_err(|e| Error::io(&path, e))?;
-        Ok(SegmentFile {
-            id: header.segment_id,
-            path,
-            file,
-            behind: Default::default(),
-            reused: false,
-        })
+        Self::start(dir, header, None)
     }
 
     /// Makes the pooled file `from` segment `header.segment_id`: renamed into
     /// place and its header rewritten (not yet synced). Its old records stay
     /// behind the header until overwritten.
     pub fn reuse(dir: &Path, header: SegmentHeader, from: &Path) -> Result<Self> {
+        Self::start(dir, header, Some(from))
+    }
+
+    fn start(dir: &Path, header: SegmentHeader, reuse: Option<&Path>) -> Result<Self> {
         let path = segment_path(dir, header.segment_id);
-        std::fs::rename(from, &path).map_err(|e| Error::io(from, e))?;
+        if let Some(from) = reuse {
+            std::fs::rename(from, &path).map_err(|e| Error::io(from, e))?;
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
+            .create_new(reuse.is_none())
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
         file.write_all_at(&header.encode(), 0)
@@ -147,7 +139,7 @@ impl SegmentFile {
             path,
             file,
             behind: Default::default(),
-            reused: true,
+            reused: reuse.is_some(),
         })
     }
 
