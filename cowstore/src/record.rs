@@ -62,12 +62,16 @@ pub const CHECK_BLOCK_BYTES: usize = 4096;
 /// kernel's on every platform we run on; a larger page only costs reads).
 pub const PAGE_BYTES: usize = 4096;
 
+/// Bytes from `offset` to the next page boundary (0 on one).
+pub fn bytes_to_page_end(offset: u64) -> usize {
+    (PAGE_BYTES - (offset % PAGE_BYTES as u64) as usize) % PAGE_BYTES
+}
+
 /// Bytes of the Pad record that takes a log at `offset` to the next page
 /// boundary: 0 when it is on one; else the gap, plus a page when the gap is
 /// too small to hold a record header. Always under `2 * PAGE_BYTES`.
 pub fn pad_bytes_at(offset: u64) -> usize {
-    let gap = (PAGE_BYTES - (offset % PAGE_BYTES as u64) as usize) % PAGE_BYTES;
-    match gap {
+    match bytes_to_page_end(offset) {
         0 => 0,
         g if g < RECORD_HEADER_BYTES => g + PAGE_BYTES,
         g => g,

@@ -221,6 +221,13 @@ impl StoreInner {
         Ok(seg)
     }
 
+    /// Whether `v`'s next log segment should reuse a pooled file: only for
+    /// volumes writing large batches ([`StoreConfig::reuse_min_batch_bytes`]).
+    fn reuse_for(&self, v: &VolumeInner) -> bool {
+        v.batch_bytes_avg.load(std::sync::atomic::Ordering::Relaxed)
+            >= self.config.reuse_min_batch_bytes
+    }
+
     /// Moves a volume's log to a new segment (the caller wrote the seal),
     /// the spare made ahead by the spare thread when there is one,
     /// then asks for the next spare.
@@ -944,15 +951,6 @@ fn check_drop_behind(config: &StoreConfig) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-impl StoreInner {
-    /// Whether `v`'s next log segment should reuse a pooled file: only for
-    /// volumes writing large batches ([`StoreConfig::reuse_min_batch_bytes`]).
-    fn reuse_for(&self, v: &VolumeInner) -> bool {
-        v.batch_bytes_avg.load(std::sync::atomic::Ordering::Relaxed)
-            >= self.config.reuse_min_batch_bytes
-    }
 }
 
 /// Writes the format file atomically (a temporary file, synced, renamed).

@@ -722,10 +722,8 @@ impl Volume {
                         // Zeroes to the page's end: nothing follows a seal in
                         // its segment, and a whole page is written without
                         // reading its old contents first.
-                        let page = record::PAGE_BYTES as u64;
                         let end = st.tail.offset + RECORD_HEADER_BYTES as u64;
-                        let to_page = ((page - end % page) % page) as usize;
-                        seal.resize(RECORD_HEADER_BYTES + to_page, 0);
+                        seal.resize(RECORD_HEADER_BYTES + record::bytes_to_page_end(end), 0);
                     }
                     seals.push((st.tail.segment.clone(), st.tail.offset, seal));
                     // The seal must be synced by the next flush even if that
