@@ -51,7 +51,19 @@ pub struct GcReport {
     pub corrupt: Vec<String>,
 }
 
-pub(crate) fn run(s: &Arc<StoreInner>) -> Result<GcReport> {
+/// What a pass may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GcMode {
+    /// Free dead segments and relocate the live records of segments under
+    /// [`crate::StoreConfig::gc_live_threshold_pct`].
+    Full,
+    /// Only free segments nothing references: no relocation, so a pass
+    /// costs the checkpoints and the liveness count, not disk bandwidth.
+    /// What refills the segment pool while guests write hard.
+    DeadOnly,
+}
+
+pub(crate) fn run(s: &Arc<StoreInner>, mode: GcMode) -> Result<GcReport> {
     let _admin = s.admin.lock();
     let mut report = GcReport::default();
     // Space held for reuse goes back first when space is short.
@@ -114,7 +126,10 @@ pub(crate) fn run(s: &Arc<StoreInner>) -> Result<GcReport> {
     drop(maps);
 
     // 3. Classify.
-    let threshold = u64::from(s.config.gc_live_threshold_pct.min(100));
+    let threshold = match mode {
+        GcMode::Full => u64::from(s.config.gc_live_threshold_pct.min(100)),
+        GcMode::DeadOnly => 0,
+    };
     let mut dead = Vec::new();
     let mut to_clean = Vec::new();
     for (&id, seg) in &candidates {

@@ -34,6 +34,7 @@ use io_uring::{opcode, types, IoUring};
 
 use crate::drop_behind::DropBehind;
 use crate::limits::MAX_LOG_WRITER_THREADS;
+use crate::local_ring;
 use crate::log_writer::{self, LogWriters, OFFLOAD_MIN_BYTES};
 use crate::segment::SegmentFile;
 
@@ -68,6 +69,8 @@ pub(crate) struct SegmentIo {
     /// `None`: every append is inline. Dropped before `behind`'s last
     /// reference, which its threads share.
     writers: Option<LogWriters>,
+    /// Bytes appended with `O_DIRECT` (see [`SegmentIo::direct_bytes`]).
+    direct_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl SegmentIo {
@@ -99,7 +102,13 @@ impl SegmentIo {
             backend,
             behind,
             writers,
+            direct_bytes: Default::default(),
         })
+    }
+
+    /// Bytes appended with `O_DIRECT` so far (into reused segment files).
+    pub fn direct_bytes(&self) -> u64 {
+        self.direct_bytes.load(Ordering::Relaxed)
     }
 
     pub fn name(&self) -> &'static str {
@@ -126,6 +135,30 @@ impl SegmentIo {
         buf: &Arc<Vec<u8>>,
         range: std::ops::Range<usize>,
     ) -> io::Result<()> {
+        if let Some(direct) = file.direct_for(offset, &buf[range.clone()]) {
+            self.direct_bytes
+                .fetch_add(range.len() as u64, Ordering::Relaxed);
+            if INLINE_IO.get() {
+                return direct.write_all_at(&buf[range], offset);
+            }
+            // Many direct appends in flight at once, as the disk likes
+            // them: in the caller's own ring if it has one (no thread
+            // hand-over, see `local_ring`), else the ring thread's.
+            let kind = OpKind::Write {
+                buf: buf.clone(),
+                range: range.clone(),
+                done: 0,
+            };
+            let (op, done) = Op::new(file, offset, kind);
+            let op = match local_ring::submit(op) {
+                Ok(()) => return Self::reply(done).await.map(drop),
+                Err(op) => op,
+            };
+            return match &self.backend {
+                Backend::Uring(u) => u.send(op, done).await.map(drop),
+                Backend::Blocking => direct.write_all_at(&buf[range], offset),
+            };
+        }
         match &self.writers {
             Some(w) if range.len() >= OFFLOAD_MIN_BYTES && !INLINE_IO.get() => {
                 w.write(file, offset, buf, range).await
@@ -206,6 +239,11 @@ impl SegmentIo {
         }
     }
 
+    async fn reply(done: Reply) -> io::Result<Option<Vec<u8>>> {
+        done.await
+            .map_err(|_| io::Error::other("the ring dropped the request"))?
+    }
+
     pub async fn sync(&self, file: &Arc<SegmentFile>) -> io::Result<()> {
         match &self.backend {
             Backend::Uring(u) if !INLINE_IO.get() => u.run(file, 0, OpKind::Fsync).await.map(drop),
@@ -242,15 +280,41 @@ pub fn with_inline_io<R>(inline: bool, f: impl FnOnce() -> R) -> R {
 }
 
 enum OpKind {
-    Read { buf: Vec<u8>, done: usize },
+    Read {
+        buf: Vec<u8>,
+        done: usize,
+    },
+    /// `buf[range]`, of which `done` bytes are written; through the file's
+    /// direct descriptor while what is left stays aligned for it.
+    Write {
+        buf: Arc<Vec<u8>>,
+        range: std::ops::Range<usize>,
+        done: usize,
+    },
     Fsync,
 }
 
-struct Op {
+pub(crate) struct Op {
     file: Arc<SegmentFile>,
     offset: u64,
     kind: OpKind,
-    reply: oneshot::Sender<io::Result<Option<Vec<u8>>>>,
+    pub(crate) reply: oneshot::Sender<io::Result<Option<Vec<u8>>>>,
+}
+
+/// Where an [`Op`]'s result arrives.
+type Reply = oneshot::Receiver<io::Result<Option<Vec<u8>>>>;
+
+impl Op {
+    fn new(file: &Arc<SegmentFile>, offset: u64, kind: OpKind) -> (Op, Reply) {
+        let (reply, done) = oneshot::channel();
+        let op = Op {
+            file: file.clone(),
+            offset,
+            kind,
+            reply,
+        };
+        (op, done)
+    }
 }
 
 pub(crate) struct UringIo {
@@ -293,13 +357,11 @@ impl UringIo {
         offset: u64,
         kind: OpKind,
     ) -> io::Result<Option<Vec<u8>>> {
-        let (reply, rx) = oneshot::channel();
-        let op = Op {
-            file: file.clone(),
-            offset,
-            kind,
-            reply,
-        };
+        let (op, done) = Op::new(file, offset, kind);
+        self.send(op, done).await
+    }
+
+    async fn send(&self, op: Op, done: Reply) -> io::Result<Option<Vec<u8>>> {
         let tx = self
             .tx
             .as_ref()
@@ -307,8 +369,7 @@ impl UringIo {
         tx.send(op)
             .map_err(|_| io::Error::other("ring thread exited"))?;
         signal(self.wake.as_raw_fd());
-        rx.await
-            .map_err(|_| io::Error::other("ring thread dropped the request"))?
+        SegmentIo::reply(done).await
     }
 }
 
@@ -323,7 +384,7 @@ impl Drop for UringIo {
     }
 }
 
-fn signal(fd: RawFd) {
+pub(crate) fn signal(fd: RawFd) {
     let one: u64 = 1;
     // SAFETY: writes 8 bytes from a live u64 to an eventfd we keep open.
     unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
@@ -418,13 +479,28 @@ fn ring_thread(
     }
 }
 
-fn prepare(op: &Op, token: u64) -> io_uring::squeue::Entry {
+pub(crate) fn prepare(op: &Op, token: u64) -> io_uring::squeue::Entry {
     let fd = types::Fd(op.file.file.as_raw_fd());
     match &op.kind {
         OpKind::Read { buf, done } => {
             let rest = &buf[*done..];
             opcode::Read::new(fd, rest.as_ptr() as *mut u8, rest.len() as u32)
                 .offset(op.offset + *done as u64)
+                .build()
+                .user_data(token)
+        }
+        OpKind::Write { buf, range, done } => {
+            let rest = &buf[range.start + *done..range.end];
+            let at = op.offset + *done as u64;
+            let fd = match op.file.direct_for(at, rest) {
+                Some(direct) => types::Fd(direct.as_raw_fd()),
+                None => fd,
+            };
+            // A longer write (over 4 GiB; none is) would come back short
+            // and be resubmitted for the rest.
+            let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
+            opcode::Write::new(fd, rest.as_ptr(), len)
+                .offset(at)
                 .build()
                 .user_data(token)
         }
@@ -437,7 +513,7 @@ fn prepare(op: &Op, token: u64) -> io_uring::squeue::Entry {
 
 /// Handles one completion. Returns the op again when it must be resubmitted
 /// (a short transfer or EINTR/EAGAIN).
-fn complete(mut op: Op, res: i32) -> Option<Op> {
+pub(crate) fn complete(mut op: Op, res: i32) -> Option<Op> {
     if res < 0 {
         let err = io::Error::from_raw_os_error(-res);
         if matches!(-res, libc::EINTR | libc::EAGAIN) {
@@ -449,6 +525,18 @@ fn complete(mut op: Op, res: i32) -> Option<Op> {
     let n = res as usize;
     match &mut op.kind {
         OpKind::Fsync => {
+            let _ = op.reply.send(Ok(None));
+            None
+        }
+        OpKind::Write { range, done, .. } => {
+            *done += n;
+            if *done < range.len() {
+                if n == 0 {
+                    let _ = op.reply.send(Err(io::ErrorKind::WriteZero.into()));
+                    return None;
+                }
+                return Some(op);
+            }
             let _ = op.reply.send(Ok(None));
             None
         }

@@ -270,7 +270,7 @@ mod tests {
         assert_eq!(pool.len(), 2);
 
         let from = pool.take().unwrap();
-        let seg = SegmentFile::reuse(&segments, header(9), &from).unwrap();
+        let seg = SegmentFile::reuse(&segments, header(9), &from, false).unwrap();
         assert!(seg.reused && !from.exists());
         let (opened, h) = SegmentFile::open(&segments, 9).unwrap();
         assert_eq!(h, header(9));

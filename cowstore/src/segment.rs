@@ -102,6 +102,23 @@ pub struct SegmentFile {
     /// A file reused from the pool (see `pool.rs`): stale records may
     /// follow the log's end, and appends are padded to pages.
     pub reused: bool,
+    /// The same file opened with `O_DIRECT`, for appends that are aligned
+    /// (see [`SegmentFile::direct_for`]); only reused files have one.
+    pub(crate) direct: Option<File>,
+}
+
+/// Offset, length and memory alignment of a direct append: the page size,
+/// which covers every logical block size up to it.
+pub const DIRECT_ALIGN_BYTES: usize = crate::record::PAGE_BYTES;
+
+/// Whether an `O_DIRECT` write of `bytes` at `offset` meets the alignment
+/// the kernel asks for.
+pub fn direct_aligned(offset: u64, bytes: &[u8]) -> bool {
+    let align = DIRECT_ALIGN_BYTES;
+    offset.is_multiple_of(align as u64)
+        && bytes.len().is_multiple_of(align)
+        && !bytes.is_empty()
+        && (bytes.as_ptr() as usize).is_multiple_of(align)
 }
 
 pub fn segment_path(dir: &Path, segment_id: u64) -> PathBuf {
@@ -116,9 +133,24 @@ impl SegmentFile {
 
     /// Makes the pooled file `from` segment `header.segment_id`: renamed into
     /// place and its header rewritten (not yet synced). Its old records stay
-    /// behind the header until overwritten.
-    pub fn reuse(dir: &Path, header: SegmentHeader, from: &Path) -> Result<Self> {
-        Self::start(dir, header, Some(from))
+    /// behind the header until overwritten. With `direct`, aligned appends
+    /// bypass the page cache: they overwrite written blocks, so the file
+    /// system has nothing to allocate, and the copy into the cache, its
+    /// writeback and drop-behind leave the append path.
+    pub fn reuse(dir: &Path, header: SegmentHeader, from: &Path, direct: bool) -> Result<Self> {
+        let mut seg = Self::start(dir, header, Some(from))?;
+        if direct {
+            seg.direct = open_direct(&seg.path);
+        }
+        Ok(seg)
+    }
+
+    /// The descriptor to write `bytes` at `offset` with: the direct one if
+    /// the file has one and the write is aligned for it, else the buffered.
+    pub(crate) fn direct_for(&self, offset: u64, bytes: &[u8]) -> Option<&File> {
+        self.direct
+            .as_ref()
+            .filter(|_| direct_aligned(offset, bytes))
     }
 
     fn start(dir: &Path, header: SegmentHeader, reuse: Option<&Path>) -> Result<Self> {
@@ -140,6 +172,7 @@ impl SegmentFile {
             file,
             behind: Default::default(),
             reused: reuse.is_some(),
+            direct: None,
         })
     }
 
@@ -182,6 +215,7 @@ impl SegmentFile {
                 // Recovery cuts an open log segment at its end: no stale
                 // records follow what an open finds.
                 reused: false,
+                direct: None,
             },
             header,
         ))
@@ -247,6 +281,23 @@ impl SegmentFile {
     }
 }
 
+/// Opens `path` again with `O_DIRECT`; `None` (buffered appends, as
+/// before) where the file system refuses it, e.g. tmpfs.
+fn open_direct(path: &Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    {
+        Ok(file) => Some(file),
+        Err(e) => {
+            tracing::debug!("no direct appends to {}: {e}", path.display());
+            None
+        }
+    }
+}
+
 /// What [`SegmentFile::scan`] does after a visited record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScanStep {
@@ -273,5 +324,30 @@ pub fn sealed_len(bytes: &[u8]) -> Option<usize> {
             return None;
         }
         at = end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Offset, length and memory must all sit on the alignment; empty
+    /// writes never go direct.
+    #[test]
+    fn direct_appends_need_offset_length_and_memory_aligned() {
+        let align = DIRECT_ALIGN_BYTES;
+        let mut buf = Vec::<u8>::with_capacity(4 * align);
+        let skip = buf.as_ptr().align_offset(align);
+        buf.resize(skip + 3 * align, 0);
+        let aligned = &buf[skip..skip + 2 * align];
+        assert!(direct_aligned(align as u64, aligned));
+        assert!(direct_aligned(0, aligned));
+        assert!(!direct_aligned(64, aligned), "offset");
+        assert!(!direct_aligned(0, &buf[skip..skip + align + 512]), "length");
+        assert!(
+            !direct_aligned(0, &buf[skip + 1..skip + 1 + align]),
+            "memory"
+        );
+        assert!(!direct_aligned(0, &buf[skip..skip]), "empty");
     }
 }

@@ -98,6 +98,10 @@ pub struct StoreConfig {
     /// batches average at least this many bytes (see `pool.rs` for why
     /// small batches do not).
     pub reuse_min_batch_bytes: u64,
+    /// Aligned appends to reused segment files bypass the page cache
+    /// (`O_DIRECT`, see docs/architecture.md, "Direct appends"); false
+    /// buffers them like every other append.
+    pub direct_appends: bool,
 }
 
 impl Default for StoreConfig {
@@ -112,6 +116,7 @@ impl Default for StoreConfig {
             tier: None,
             segment_pool_bytes: DEFAULT_SEGMENT_POOL_BYTES,
             reuse_min_batch_bytes: crate::pool::REUSE_MIN_BATCH_BYTES,
+            direct_appends: true,
         }
     }
 }
@@ -138,6 +143,8 @@ pub(crate) struct StoreInner {
     pub gc_tail: Mutex<Option<(Arc<SegmentFile>, u64)>>,
     /// Freed segment files kept for reuse.
     pub pool: SegmentPool,
+    /// See [`Store::pool_misses`].
+    pub pool_misses: std::sync::atomic::AtomicU64,
     pub tier: Option<ObjectTier>,
     /// Segments in the object store: id -> object size.
     pub remote: RwLock<HashMap<u64, u64>>,
@@ -195,8 +202,17 @@ impl StoreInner {
             kind,
         };
         let pooled = if reuse { self.pool.take() } else { None };
+        if reuse && pooled.is_none() {
+            self.pool_misses
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let seg = match pooled {
-            Some(from) => match SegmentFile::reuse(&self.segments_dir, header, &from) {
+            Some(from) => match SegmentFile::reuse(
+                &self.segments_dir,
+                header,
+                &from,
+                self.config.direct_appends,
+            ) {
                 Ok(seg) => {
                     tracing::debug!(segment = id, from = %from.display(), "segment file reused");
                     seg
@@ -524,6 +540,7 @@ impl Store {
             })),
             gc_tail: Mutex::new(None),
             pool,
+            pool_misses: Default::default(),
             tier,
             remote: RwLock::new(HashMap::new()),
             uploading: Mutex::new(std::collections::HashSet::new()),
@@ -568,6 +585,12 @@ impl Store {
     /// What opening this store had to replay.
     pub fn recovery_stats(&self) -> RecoveryStats {
         self.recovery
+    }
+
+    /// Log bytes appended with `O_DIRECT` since the store was opened (see
+    /// [`StoreConfig::direct_appends`]).
+    pub fn direct_append_bytes(&self) -> u64 {
+        self.inner.io.direct_bytes()
     }
 
     /// Name of the segment I/O backend in use (`io_uring` or `blocking`).
@@ -916,7 +939,21 @@ impl Store {
 
     /// Runs the segment cleaner once. See [`crate::gc`].
     pub fn gc(&self) -> Result<crate::gc::GcReport> {
-        crate::gc::run(&self.inner)
+        crate::gc::run(&self.inner, crate::gc::GcMode::Full)
+    }
+
+    /// Runs a cleaner pass of `mode` (see [`crate::gc::GcMode`]).
+    pub fn gc_with(&self, mode: crate::gc::GcMode) -> Result<crate::gc::GcReport> {
+        crate::gc::run(&self.inner, mode)
+    }
+
+    /// How many times a volume wanted a pooled segment file and the pool
+    /// was empty (it then started a new file): a cleaner pass would have
+    /// given it one.
+    pub fn pool_misses(&self) -> u64 {
+        self.inner
+            .pool_misses
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Freed segment files kept for reuse (see

@@ -21,7 +21,7 @@ use crate::limits::{
     MAX_IO_BYTES, MAX_RECORD_DATA_BYTES, MAX_TRIM_BYTES, MAX_VOLUME_BYTES, SECTOR_BYTES,
 };
 use crate::record::{self, RecordHeader, RecordKind, RECORD_HEADER_BYTES};
-use crate::segment::SegmentFile;
+use crate::segment::{SegmentFile, DIRECT_ALIGN_BYTES};
 use crate::store::StoreInner;
 
 /// The append point of a volume's log.
@@ -252,11 +252,33 @@ struct Batch {
     /// everything before this batch is in sealed, uploadable segments.
     seal_first: bool,
     buf: Vec<u8>,
+    /// Where the first record starts in `buf` (see [`Batch::aligned`]).
+    start: usize,
     /// (offset of the record in `buf`, its length, its map effect)
     records: Vec<(usize, usize, MapEffect)>,
 }
 
 impl Batch {
+    /// An empty batch whose records start on a [`DIRECT_ALIGN_BYTES`]
+    /// boundary in memory, with room for `capacity` bytes of records and a
+    /// pad, so that it can go to a reused segment with `O_DIRECT` as it is
+    /// (the kernel wants the memory aligned too). Should it grow past that
+    /// and move, its writes are buffered instead: slower, just as correct.
+    fn aligned(capacity: usize) -> Self {
+        let room = capacity + 2 * record::PAGE_BYTES;
+        let mut buf = Vec::<u8>::with_capacity(room + DIRECT_ALIGN_BYTES);
+        let start = match buf.as_ptr().align_offset(DIRECT_ALIGN_BYTES) {
+            skip if skip < DIRECT_ALIGN_BYTES => skip,
+            _ => 0,
+        };
+        buf.resize(start, 0);
+        Batch {
+            buf,
+            start,
+            ..Batch::default()
+        }
+    }
+
     fn push(&mut self, header: RecordHeader, payload: &[u8], effect: MapEffect) {
         let at = self.buf.len();
         header.encode_with_payload(payload, &mut self.buf);
@@ -409,11 +431,10 @@ impl Volume {
             MAX_IO_BYTES,
         )?;
         let len_bytes = len_bytes as usize; // at most MAX_IO_BYTES
-        let mut batch = Batch::default();
         let first_lba = offset_bytes / SECTOR_BYTES;
         let chunk_count = len_bytes.div_ceil(MAX_RECORD_DATA_BYTES);
         // One allocation for the whole write: headers, data, block tables.
-        batch.buf.reserve(
+        let mut batch = Batch::aligned(
             len_bytes
                 + chunk_count
                     * (RECORD_HEADER_BYTES + record::block_crc_table_bytes(MAX_RECORD_DATA_BYTES)),
@@ -770,7 +791,7 @@ impl Volume {
             }
             if !placements.is_empty() {
                 let avg = v.batch_bytes_avg.load(Ordering::Relaxed);
-                let this = batch.buf.len() as u64;
+                let this = (batch.buf.len() - batch.start) as u64;
                 v.batch_bytes_avg
                     .store((avg * 7 + this) / 8, Ordering::Relaxed);
             }

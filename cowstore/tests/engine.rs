@@ -727,19 +727,64 @@ fn spare_segments_are_made_ahead_and_dropped_past_the_log_end() {
 /// reused file's old records (same volume, older sequence numbers) sit at
 /// exactly the offsets the new ones take: right after the log's end there
 /// is always a well-formed old record, which replay must refuse.
+///
+/// Run three ways: appends to reused files with `O_DIRECT` through the
+/// store's ring thread, through the writing thread's own ring
+/// (`cowstore::block_on`, as vhost-blk's queue workers), and buffered.
 #[test]
 fn reused_segment_files_never_replay_their_old_records() {
+    reused_segments_case(Appends::DirectRingThread);
+    reused_segments_case(Appends::DirectOwnRing);
+    reused_segments_case(Appends::Buffered);
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Appends {
+    DirectRingThread,
+    DirectOwnRing,
+    Buffered,
+}
+
+/// Whether `dir`'s file system takes `O_DIRECT` (tmpfs before Linux 6.6
+/// does not; the engine then buffers every append).
+fn direct_io_works(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(dir.join("direct-probe"))
+        .is_ok()
+}
+
+fn reused_segments_case(appends: Appends) {
     const WRITE: usize = 128 << 10;
     const WRITES: u64 = 8;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s");
-    let cfg = config(IoBackendChoice::Auto);
+    // Segments of a few writes each: a segment's first batch starts right
+    // after its 64-byte header and is always buffered; the others are
+    // page-aligned and may go direct.
+    let cfg = StoreConfig {
+        segment_bytes: 512 << 10,
+        direct_appends: appends != Appends::Buffered,
+        ..config(IoBackendChoice::Auto)
+    };
     let store = Store::create(&path, cfg.clone()).unwrap();
     let vol = store.create_volume("v", 4 << 20).unwrap();
     let data = |generation: u64, i: u64| pattern(generation * 1000 + i, WRITE);
     let fill = |vol: &cowstore::Volume, generation: u64, writes: u64| {
-        for i in 0..writes {
-            block_on(vol.write(i * WRITE as u64, &data(generation, i))).unwrap();
+        let writes = async {
+            for i in 0..writes {
+                vol.write(i * WRITE as u64, &data(generation, i))
+                    .await
+                    .unwrap();
+            }
+        };
+        match appends {
+            Appends::DirectOwnRing => cowstore::block_on(writes),
+            _ => block_on(writes),
         }
     };
     let mut reused = 0;
@@ -757,6 +802,20 @@ fn reused_segment_files_never_replay_their_old_records() {
         reused >= 8,
         "new segments came from the pool ({reused} did)"
     );
+    let direct_bytes = store.direct_append_bytes();
+    if appends == Appends::Buffered {
+        assert_eq!(direct_bytes, 0, "{appends:?}");
+    } else if direct_io_works(dir.path()) {
+        assert!(
+            direct_bytes >= 4 * WRITE as u64,
+            "{appends:?}: only {direct_bytes} bytes went direct"
+        );
+    } else {
+        eprintln!(
+            "note: no O_DIRECT on {}; appends were buffered",
+            dir.path().display()
+        );
+    }
 
     // Three writes of a 7th generation, not flushed, then a crash that keeps
     // the page cache (the process dies, the machine does not).

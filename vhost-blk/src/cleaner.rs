@@ -45,7 +45,16 @@ pub struct CleanerPolicy {
     /// A check interval in which the store grew by more than this is busy:
     /// a pass due by growth waits for a quieter one (up to the hard limit).
     pub busy_growth_bytes: u64,
+    /// When a volume found the segment pool empty, a dead-only pass (it
+    /// frees, it does not relocate) runs once the store grew by this much
+    /// since the last pass, checked every [`HUNGER_CHECK`]; 0: never.
+    pub hunger_growth_bytes: u64,
 }
+
+/// How often the cleaner looks whether the segment pool ran dry. Guests
+/// writing 2-3 GB/s use up a gigabyte of pooled files in well under a
+/// second, and a pass that only frees dead segments takes tens of ms.
+pub const HUNGER_CHECK: Duration = Duration::from_millis(250);
 
 impl Default for CleanerPolicy {
     fn default() -> Self {
@@ -55,6 +64,7 @@ impl Default for CleanerPolicy {
             min_growth_bytes: 1 << 30,
             low_free_percent: 10,
             busy_growth_bytes: 256 << 20,
+            hunger_growth_bytes: 1 << 30,
         }
     }
 }
@@ -67,6 +77,9 @@ pub enum Trigger {
     /// Grew past four times the threshold, busy or not.
     HardGrowth,
     LowFreeSpace,
+    /// A volume found the segment pool empty and the store grew by
+    /// `hunger_growth_bytes`: a dead-only pass refills the pool.
+    PoolHunger,
 }
 
 /// What the policy sees at one check.
@@ -80,6 +93,8 @@ pub struct Observation {
     pub free_percent: Option<u64>,
     /// How much the segment bytes grew since the previous check.
     pub recent_growth_bytes: u64,
+    /// Times a volume found the segment pool empty since the last pass.
+    pub pool_misses: u64,
 }
 
 impl CleanerPolicy {
@@ -97,6 +112,14 @@ impl CleanerPolicy {
         (grown > growth && seen.recent_growth_bytes <= self.busy_growth_bytes)
             .then_some(Trigger::Growth)
     }
+
+    /// Decides whether a dead-only pass runs to refill the segment pool
+    /// (checked more often than [`CleanerPolicy::decide`]).
+    pub fn decide_hunger(&self, seen: &Observation) -> Option<Trigger> {
+        let grown = seen.disk_bytes.saturating_sub(seen.baseline_bytes);
+        (self.hunger_growth_bytes > 0 && seen.pool_misses > 0 && grown >= self.hunger_growth_bytes)
+            .then_some(Trigger::PoolHunger)
+    }
 }
 
 /// Counters the control op `stats` reports.
@@ -104,6 +127,8 @@ impl CleanerPolicy {
 pub struct CleanerStats {
     pub passes: u64,
     pub passes_low_free_space: u64,
+    /// Dead-only passes run because the segment pool ran dry.
+    pub passes_pool_hunger: u64,
     pub bytes_freed: u64,
     pub bytes_relocated: u64,
     pub segments_deleted: u64,
@@ -187,15 +212,28 @@ fn run(
 ) {
     let mut baseline_bytes = store.disk_bytes();
     let mut last_bytes = baseline_bytes;
+    let mut misses_at_pass = store.pool_misses();
+    let mut next_check = Instant::now() + policy.interval;
     loop {
         {
             let mut stop = shared.stop.lock();
             if !*stop {
-                shared.wake.wait_for(&mut stop, policy.interval);
+                let until_check = next_check.saturating_duration_since(Instant::now());
+                let wait = if policy.hunger_growth_bytes > 0 {
+                    until_check.min(HUNGER_CHECK)
+                } else {
+                    until_check
+                };
+                shared.wake.wait_for(&mut stop, wait);
             }
             if *stop {
                 return;
             }
+        }
+        let check = Instant::now() >= next_check;
+        let pool_misses = store.pool_misses().saturating_sub(misses_at_pass);
+        if !check && pool_misses == 0 {
+            continue;
         }
         let disk_bytes = store.disk_bytes();
         let seen = Observation {
@@ -203,17 +241,31 @@ fn run(
             baseline_bytes,
             free_percent: cowstore::free_percent(dir),
             recent_growth_bytes: disk_bytes.saturating_sub(last_bytes),
+            pool_misses,
         };
-        last_bytes = disk_bytes;
-        let decision = policy.decide(&seen).filter(|_| may_run());
+        let decision = if check {
+            next_check = Instant::now() + policy.interval;
+            last_bytes = disk_bytes;
+            policy.decide(&seen)
+        } else {
+            None
+        };
+        let decision = decision
+            .or_else(|| policy.decide_hunger(&seen))
+            .filter(|_| may_run());
         let Some(trigger) = decision else {
             // Space given back by deletions (volumes, snapshots) lowers the
             // baseline, so growth is measured from the smallest size seen.
             baseline_bytes = baseline_bytes.min(seen.disk_bytes);
             continue;
         };
+        let mode = match trigger {
+            Trigger::PoolHunger => cowstore::GcMode::DeadOnly,
+            _ => cowstore::GcMode::Full,
+        };
         let started = Instant::now();
-        let result = store.gc();
+        let result = store.gc_with(mode);
+        misses_at_pass = store.pool_misses();
         let took_ms = started.elapsed().as_millis() as u64;
         let after_bytes = store.disk_bytes();
         let mut stats = shared.stats.lock();
@@ -221,8 +273,10 @@ fn run(
         match result {
             Ok(r) => {
                 stats.passes += 1;
-                if trigger == Trigger::LowFreeSpace {
-                    stats.passes_low_free_space += 1;
+                match trigger {
+                    Trigger::LowFreeSpace => stats.passes_low_free_space += 1,
+                    Trigger::PoolHunger => stats.passes_pool_hunger += 1,
+                    Trigger::Growth | Trigger::HardGrowth => {}
                 }
                 stats.bytes_freed += r.bytes_freed;
                 stats.bytes_relocated += r.bytes_relocated;
@@ -250,7 +304,9 @@ fn run(
             }
         }
         // Measured from what the pass left, so a store whose data is all
-        // live does not trigger a pass at every check.
+        // live does not trigger a pass at every check. After a dead-only
+        // pass too: what it left is live or partly live, and a full pass
+        // runs once that grows past the thresholds.
         baseline_bytes = after_bytes;
         last_bytes = after_bytes;
     }
@@ -268,6 +324,7 @@ mod tests {
             baseline_bytes: base,
             free_percent: free,
             recent_growth_bytes: 0,
+            pool_misses: 0,
         }
     }
 
@@ -279,6 +336,7 @@ mod tests {
             min_growth_bytes: 100 * MIB,
             low_free_percent: 10,
             busy_growth_bytes: 50 * MIB,
+            hunger_growth_bytes: 200 * MIB,
         };
         // Small store: the absolute floor applies.
         assert_eq!(
@@ -314,6 +372,31 @@ mod tests {
     }
 
     #[test]
+    fn pool_hunger_runs_a_pass_only_after_misses_and_growth() {
+        let p = CleanerPolicy {
+            hunger_growth_bytes: 200 * MIB,
+            ..CleanerPolicy::default()
+        };
+        let hungry = |disk, base, misses| Observation {
+            pool_misses: misses,
+            ..seen(disk, base, Some(50))
+        };
+        assert_eq!(p.decide_hunger(&hungry(1300 * MIB, 1000 * MIB, 0)), None);
+        assert_eq!(p.decide_hunger(&hungry(1100 * MIB, 1000 * MIB, 3)), None);
+        assert_eq!(
+            p.decide_hunger(&hungry(1200 * MIB, 1000 * MIB, 1)),
+            Some(Trigger::PoolHunger)
+        );
+        // A store that shrank since the last pass has nothing to free.
+        assert_eq!(p.decide_hunger(&hungry(800 * MIB, 1000 * MIB, 9)), None);
+        let off = CleanerPolicy {
+            hunger_growth_bytes: 0,
+            ..p
+        };
+        assert_eq!(off.decide_hunger(&hungry(u64::MAX, 0, 9)), None);
+    }
+
+    #[test]
     fn cleaner_thread_frees_overwritten_segments_and_stops() {
         let dir = tempfile::tempdir().unwrap();
         let config = cowstore::StoreConfig {
@@ -331,6 +414,7 @@ mod tests {
                 min_growth_bytes: 4 * MIB,
                 low_free_percent: 0,
                 busy_growth_bytes: u64::MAX,
+                hunger_growth_bytes: 0,
             },
             Box::new(|| true),
         )

@@ -3,19 +3,23 @@
 //! ```text
 //! cowstored --store DIR --control SOCK [--queues N] [--log-json] [--io auto|uring|blocking]
 //!           [--drop-behind-bytes N|off] [--log-writers N] [--poll-after-write-us US]
-//!           [--segment-pool-bytes N]
+//!           [--segment-pool-bytes N] [--buffered-appends]
 //!           [--attach NAME=SOCKET]... [--attach-snapshot NAME=SOCKET]...
 //!           [--create NAME=SIZE_BYTES]...
 //!           [--gc-interval-ms MS] [--gc-growth-percent P]
 //!           [--gc-min-growth-bytes N] [--gc-busy-growth-bytes N]
-//!           [--gc-low-free-percent P]
+//!           [--gc-hunger-growth-bytes N] [--gc-low-free-percent P]
 //! ```
 //! The background cleaner (on unless `--gc-interval-ms 0`) runs a segment
 //! cleaner pass when the store grew by P% (and at least N bytes) since the
 //! last pass and the last interval was quiet (grew by at most the busy
 //! bytes), or grew by four times that threshold, or when its file system
-//! has less than P% free. Segment files the cleaner frees are kept for
-//! reuse up to `--segment-pool-bytes` (default 8 GiB; 0 deletes them).
+//! has less than P% free, or, when a volume found the segment pool empty,
+//! a pass that only frees dead segments once the store grew by the hunger
+//! bytes (default 1 GiB; 0: never). Segment files the cleaner frees are kept for
+//! reuse up to `--segment-pool-bytes` (default 8 GiB; 0 deletes them);
+//! aligned appends to reused files bypass the page cache (`O_DIRECT`)
+//! unless `--buffered-appends`.
 //! Runs until SIGTERM or SIGINT, then stops every export, flushes every
 //! volume and closes the store. Logs go to stderr (`RUST_LOG` filters).
 
@@ -39,14 +43,15 @@ struct Args {
     log_writer_threads: usize,
     poll_after_write: std::time::Duration,
     segment_pool_bytes: u64,
+    direct_appends: bool,
 }
 
 fn usage() -> &'static str {
     "usage: cowstored --store DIR --control SOCK [--queues N] [--log-json] [--io auto|uring|blocking] \
      [--drop-behind-bytes N|off] [--log-writers N] [--poll-after-write-us US] \
-     [--segment-pool-bytes N] [--create NAME=SIZE_BYTES]... [--attach NAME=SOCKET]... [--attach-snapshot NAME=SOCKET]... \
+     [--segment-pool-bytes N] [--buffered-appends] [--create NAME=SIZE_BYTES]... [--attach NAME=SOCKET]... [--attach-snapshot NAME=SOCKET]... \
      [--gc-interval-ms MS] [--gc-growth-percent P] [--gc-min-growth-bytes N] \
-     [--gc-busy-growth-bytes N] [--gc-low-free-percent P]"
+     [--gc-busy-growth-bytes N] [--gc-hunger-growth-bytes N] [--gc-low-free-percent P]"
 }
 
 fn parse_args() -> Result<Args> {
@@ -62,6 +67,7 @@ fn parse_args() -> Result<Args> {
     let mut log_writer_threads = cowstore::StoreConfig::default().log_writer_threads;
     let mut poll_after_write = vhost_blk::export::DEFAULT_POLL_AFTER_WRITE;
     let mut segment_pool_bytes = cowstore::StoreConfig::default().segment_pool_bytes;
+    let mut direct_appends = cowstore::StoreConfig::default().direct_appends;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = || {
@@ -121,6 +127,7 @@ fn parse_args() -> Result<Args> {
             "--segment-pool-bytes" => {
                 segment_pool_bytes = value()?.parse().context("--segment-pool-bytes")?
             }
+            "--buffered-appends" => direct_appends = false,
             "--gc-interval-ms" => {
                 let ms: u64 = value()?.parse().context("--gc-interval-ms")?;
                 cleaner.interval = std::time::Duration::from_millis(ms);
@@ -133,6 +140,10 @@ fn parse_args() -> Result<Args> {
             }
             "--gc-busy-growth-bytes" => {
                 cleaner.busy_growth_bytes = value()?.parse().context("--gc-busy-growth-bytes")?
+            }
+            "--gc-hunger-growth-bytes" => {
+                cleaner.hunger_growth_bytes =
+                    value()?.parse().context("--gc-hunger-growth-bytes")?
             }
             "--gc-low-free-percent" => {
                 let p: u64 = value()?.parse().context("--gc-low-free-percent")?;
@@ -166,6 +177,7 @@ fn parse_args() -> Result<Args> {
         log_writer_threads,
         poll_after_write,
         segment_pool_bytes,
+        direct_appends,
     })
 }
 
@@ -229,6 +241,7 @@ fn main() -> Result<()> {
         drop_behind_bytes: args.drop_behind_bytes,
         log_writer_threads: args.log_writer_threads,
         segment_pool_bytes: args.segment_pool_bytes,
+        direct_appends: args.direct_appends,
         ..Default::default()
     };
     let store = cowstore::Store::open_or_create(&args.store, config)
