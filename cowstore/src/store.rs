@@ -256,7 +256,10 @@ impl StoreInner {
         let next = st.tail.chain_index + 1;
         let seg = match v.spare.take_for(next) {
             Some(seg) => seg,
-            None => self.new_segment(SegmentKind::Log, v.id, next, self.reuse_for(v))?,
+            None => {
+                tracing::debug!(volume = %v.name, "no spare log segment ready; making one inline");
+                self.new_segment(SegmentKind::Log, v.id, next, self.reuse_for(v))?
+            }
         };
         st.tail = LogTail {
             segment: seg,
