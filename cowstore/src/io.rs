@@ -327,13 +327,7 @@ pub(crate) struct UringIo {
 impl UringIo {
     fn start() -> io::Result<Self> {
         let ring = IoUring::new(RING_ENTRIES)?;
-        // SAFETY: eventfd has no memory-safety preconditions; we check the result.
-        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh descriptor we own exclusively.
-        let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
+        let wake = Arc::new(new_eventfd()?);
         let (tx, rx) = mpsc::channel();
         let stopping = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -382,6 +376,17 @@ impl Drop for UringIo {
             let _ = t.join();
         }
     }
+}
+
+/// A new eventfd (counter 0, close-on-exec): how a sleeping ring is woken.
+pub(crate) fn new_eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd has no memory-safety preconditions; we check the result.
+    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor we own exclusively.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
 pub(crate) fn signal(fd: RawFd) {

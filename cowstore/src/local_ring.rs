@@ -25,14 +25,14 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
 use io_uring::{opcode, types, IoUring};
 
-use crate::io::{complete, prepare, signal, Op};
+use crate::io::{complete, new_eventfd, prepare, signal, Op};
 
 /// Submission queue entries of a thread's ring: operations in the kernel at
 /// once (more wait in the backlog). A queue worker has at most its queue's
@@ -97,13 +97,7 @@ struct LocalRing {
 impl LocalRing {
     fn new() -> io::Result<Self> {
         let ring = IoUring::new(LOCAL_RING_ENTRIES)?;
-        // SAFETY: eventfd has no memory-safety preconditions; we check the result.
-        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh descriptor we own exclusively.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = new_eventfd()?;
         Ok(LocalRing {
             ring,
             wakeup: Arc::new(Wakeup {
@@ -430,14 +424,6 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn eventfd() -> OwnedFd {
-        // SAFETY: no memory is passed; the result is checked.
-        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        assert!(raw >= 0);
-        // SAFETY: a fresh descriptor owned here alone.
-        unsafe { OwnedFd::from_raw_fd(raw) }
-    }
-
     fn polls_in_flight() -> usize {
         RING.with(|r| {
             r.borrow().as_ref().map_or(0, |ring| {
@@ -471,7 +457,7 @@ mod tests {
     /// removed from the ring; outside `block_on` it never resolves.
     #[test]
     fn readable_fires_and_dropped_polls_leave_the_ring() {
-        let fd = eventfd();
+        let fd = new_eventfd().unwrap();
         let raw = fd.as_raw_fd();
         block_on(async {
             let ready = readable(raw);
