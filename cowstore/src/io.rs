@@ -138,12 +138,12 @@ impl SegmentIo {
         if let Some(direct) = file.direct_for(offset, &buf[range.clone()]) {
             self.direct_bytes
                 .fetch_add(range.len() as u64, Ordering::Relaxed);
-            if INLINE_IO.get() {
-                return direct.write_all_at(&buf[range], offset);
-            }
             // Many direct appends in flight at once, as the disk likes
             // them: in the caller's own ring if it has one (no thread
-            // hand-over, see `local_ring`), else the ring thread's.
+            // hand-over, see `local_ring`), even for a lone request: a
+            // `pwrite` would hold the thread for the disk's time while
+            // the next requests wait in the virtqueue. Else the ring
+            // thread's, or inline where asked.
             let kind = OpKind::Write {
                 buf: buf.clone(),
                 range: range.clone(),
@@ -155,8 +155,8 @@ impl SegmentIo {
                 Err(op) => op,
             };
             return match &self.backend {
-                Backend::Uring(u) => u.send(op, done).await.map(drop),
-                Backend::Blocking => direct.write_all_at(&buf[range], offset),
+                Backend::Uring(u) if !INLINE_IO.get() => u.send(op, done).await.map(drop),
+                _ => direct.write_all_at(&buf[range], offset),
             };
         }
         match &self.writers {

@@ -719,6 +719,17 @@ impl Volume {
             // are assigned as records are placed).
             let mut placements = Vec::with_capacity(batch.records.len());
             let mut seals: Vec<(Arc<SegmentFile>, u64, Vec<u8>)> = Vec::new();
+            // In a reused file a batch that does not fit whole goes whole
+            // to the next segment (when it fits an empty one): a seal in
+            // its middle would end a write inside a page, which the kernel
+            // first reads from disk (the worker waited for those reads
+            // once per segment), and would leave the rest unaligned for
+            // direct appends. The seal then starts on a page too.
+            let batch_bytes: u64 = batch.records.iter().map(|&(_, len, _)| len as u64).sum();
+            let room_bytes = batch_bytes + (2 * record::PAGE_BYTES + RECORD_HEADER_BYTES) as u64;
+            let seal_ahead = st.tail.segment.reused
+                && st.tail.offset + room_bytes > self.store.segment_bytes
+                && crate::segment::SEGMENT_HEADER_BYTES + room_bytes <= self.store.segment_bytes;
             // `None` first: the forced seal of a `seal_first` batch.
             let records = batch.records.iter().map(|&(at, len, _)| Some((at, len)));
             for next in std::iter::once(None).chain(records) {
@@ -726,7 +737,7 @@ impl Volume {
                 // segment is still empty: a segment always takes at least
                 // one record, so it exceeds the target by at most one.
                 let fits = match next {
-                    None => !batch.seal_first,
+                    None => !(batch.seal_first || seal_ahead),
                     Some((_, len)) => {
                         st.tail.offset + len as u64 + RECORD_HEADER_BYTES as u64
                             <= self.store.segment_bytes
