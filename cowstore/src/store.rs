@@ -87,6 +87,10 @@ pub struct StoreConfig {
     /// The cleaner relocates live data out of sealed segments whose live
     /// fraction is below this percentage (and deletes fully dead ones).
     pub gc_live_threshold_pct: u8,
+    /// One cleaner pass relocates at most about this many live bytes
+    /// (emptiest segments first; at least one segment); what is left waits
+    /// for the next pass. 0: no bound.
+    pub gc_max_relocate_bytes: u64,
     /// The object storage tier; `None` keeps everything local.
     pub tier: Option<TierConfig>,
     /// Segment files the cleaner frees are kept (up to this many bytes) and
@@ -113,6 +117,7 @@ impl Default for StoreConfig {
             log_writer_threads: DEFAULT_LOG_WRITER_THREADS,
             checkpoint_interval_bytes: 256 << 20,
             gc_live_threshold_pct: 50,
+            gc_max_relocate_bytes: 256 << 20,
             tier: None,
             segment_pool_bytes: DEFAULT_SEGMENT_POOL_BYTES,
             reuse_min_batch_bytes: crate::pool::REUSE_MIN_BATCH_BYTES,

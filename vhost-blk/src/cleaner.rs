@@ -56,6 +56,10 @@ pub struct CleanerPolicy {
 /// second, and a pass that only frees dead segments takes tens of ms.
 pub const HUNGER_CHECK: Duration = Duration::from_millis(250);
 
+/// How soon the growth rules are checked again after a pass that left
+/// segments for later (see `StoreConfig::gc_max_relocate_bytes`).
+pub const FOLLOW_UP_CHECK: Duration = Duration::from_secs(1);
+
 impl Default for CleanerPolicy {
     fn default() -> Self {
         CleanerPolicy {
@@ -266,6 +270,7 @@ fn run(
         let started = Instant::now();
         let result = store.gc_with(mode);
         misses_at_pass = store.pool_misses();
+        let deferred = result.as_ref().map_or(0, |r| r.segments_deferred);
         let took_ms = started.elapsed().as_millis() as u64;
         let after_bytes = store.disk_bytes();
         let mut stats = shared.stats.lock();
@@ -293,6 +298,7 @@ fn run(
                     bytes_freed = r.bytes_freed,
                     bytes_relocated = r.bytes_relocated,
                     segments_pooled = r.segments_pooled,
+                    segments_deferred = r.segments_deferred,
                     took_ms,
                     "cleaner pass"
                 );
@@ -302,6 +308,14 @@ fn run(
                 stats.last_error = Some(e.to_string());
                 warn!(trigger = ?trigger, error = %e, "cleaner pass failed");
             }
+        }
+        if deferred > 0 {
+            // The pass hit its relocation budget: the baseline stays, so
+            // the growth rules still see the garbage left, and the next
+            // check comes within a second (dead-only passes may run in
+            // between and keep the pool fed).
+            next_check = next_check.min(Instant::now() + FOLLOW_UP_CHECK);
+            continue;
         }
         // Measured from what the pass left, so a store whose data is all
         // live does not trigger a pass at every check. After a dead-only

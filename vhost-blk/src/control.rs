@@ -470,6 +470,7 @@ impl Daemon {
                     "bytes_relocated": r.bytes_relocated,
                     "bytes_freed": r.bytes_freed,
                     "segments_pooled": r.segments_pooled,
+                    "segments_deferred": r.segments_deferred,
                     "pooled_segments": self.store.pooled_segments(),
                     "corrupt": r.corrupt,
                 }))
