@@ -176,16 +176,12 @@ pub(crate) fn run(s: &Arc<StoreInner>, mode: GcMode) -> Result<GcReport> {
         .count();
     report.segments_deferred = to_clean.len() - keep;
     to_clean.truncate(keep);
-    let to_clean: Vec<(u64, u64)> = to_clean
-        .into_iter()
-        .map(|(id, file_bytes, _, _)| (id, file_bytes))
-        .collect();
 
     // 4. Relocate live records of the segments to clean.
     let mut moves: HashMap<(u64, u32), (u64, u32)> = HashMap::new();
     let mut cleaned = Vec::new();
     let mut written: Vec<Arc<SegmentFile>> = Vec::new();
-    for &(id, file_bytes) in &to_clean {
+    for &(id, file_bytes, ..) in &to_clean {
         let seg = &candidates[&id];
         let wanted = &live[&id];
         let mut found: HashSet<u32> = HashSet::new();
