@@ -21,7 +21,6 @@
 //! and appends of 64 KiB or more are written by log writer threads
 //! ([`LogWriters`]) while the caller prepares the next.
 
-use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
@@ -36,6 +35,7 @@ use crate::drop_behind::DropBehind;
 use crate::limits::MAX_LOG_WRITER_THREADS;
 use crate::local_ring;
 use crate::log_writer::{self, LogWriters, OFFLOAD_MIN_BYTES};
+use crate::ring::RingCore;
 use crate::segment::SegmentFile;
 
 /// Which I/O backend to use.
@@ -53,7 +53,6 @@ pub enum IoBackendChoice {
 /// Submission queue depth of the ring. Bounds how many operations are in the
 /// kernel at once; more wait in the ring thread's backlog.
 const RING_ENTRIES: u32 = 256;
-const WAKE_TOKEN: u64 = u64::MAX;
 
 enum Backend {
     Uring(UringIo),
@@ -396,25 +395,19 @@ pub(crate) fn signal(fd: RawFd) {
 }
 
 fn ring_thread(
-    mut ring: IoUring,
+    ring: IoUring,
     rx: mpsc::Receiver<Op>,
     wake: Arc<OwnedFd>,
     stopping: Arc<AtomicBool>,
 ) {
-    // Leaked on purpose: the kernel may still own the armed eventfd read when
-    // this thread returns, so the buffer must outlive the ring. 8 bytes per
-    // store lifetime.
-    let wake_buf: &'static mut [u8; 8] = Box::leak(Box::new([0u8; 8]));
-    let mut wake_armed = false;
-    let mut in_flight: HashMap<u64, Op> = HashMap::new();
-    let mut backlog: VecDeque<Op> = VecDeque::new();
-    let mut next_token: u64 = 0;
+    // Dropped before `wake`: it waits for what is in flight.
+    let mut core = RingCore::new(ring, wake.as_raw_fd());
     let mut disconnected = false;
     loop {
         // Take everything queued so far.
         loop {
             match rx.try_recv() {
-                Ok(op) => backlog.push_back(op),
+                Ok(op) => core.backlog.push_back(op),
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => {
                     disconnected = true;
@@ -424,63 +417,19 @@ fn ring_thread(
         }
         if disconnected
             && stopping.load(Ordering::SeqCst)
-            && backlog.is_empty()
-            && in_flight.is_empty()
+            && core.backlog.is_empty()
+            && core.in_flight.is_empty()
         {
             return;
         }
-        if !wake_armed && !disconnected {
-            let sqe = opcode::Read::new(types::Fd(wake.as_raw_fd()), wake_buf.as_mut_ptr(), 8)
-                .build()
-                .user_data(WAKE_TOKEN);
-            // SAFETY: `wake_buf` is 'static, and only this one read of it is
-            // ever in flight.
-            if unsafe { ring.submission().push(&sqe) }.is_ok() {
-                wake_armed = true;
-            }
-        }
-        while in_flight.len() + 1 < RING_ENTRIES as usize {
-            let Some(op) = backlog.pop_front() else { break };
-            let token = next_token;
-            next_token = next_token.wrapping_add(1) % WAKE_TOKEN;
-            let sqe = prepare(&op, token);
-            // SAFETY: the buffers an SQE points into are owned by `op`, which
-            // stays in `in_flight` (unmoved heap data) until its completion.
-            if unsafe { ring.submission().push(&sqe) }.is_err() {
-                backlog.push_front(op);
-                break;
-            }
-            in_flight.insert(token, op);
-        }
-        let want = usize::from(!in_flight.is_empty() || wake_armed);
-        if let Err(e) = ring.submit_and_wait(want) {
-            if e.raw_os_error() == Some(libc::EINTR) || e.raw_os_error() == Some(libc::EBUSY) {
-                continue;
-            }
-            tracing::error!("io_uring submit failed: {e}");
-            for (_, op) in in_flight.drain() {
-                let _ = op
-                    .reply
-                    .send(Err(io::Error::other(format!("io_uring failed: {e}"))));
-            }
+        core.fill(!disconnected);
+        let want = usize::from(!core.in_flight.is_empty() || core.wake_armed());
+        if core.enter(want).is_err() {
+            // Everything queued failed; what is sent later fails as the
+            // channel closes.
             return;
         }
-        let completions: Vec<(u64, i32)> = ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        for (token, res) in completions {
-            if token == WAKE_TOKEN {
-                wake_armed = false;
-                continue;
-            }
-            let Some(op) = in_flight.remove(&token) else {
-                continue;
-            };
-            if let Some(op) = complete(op, res) {
-                backlog.push_front(op);
-            }
-        }
+        core.reap();
     }
 }
 
@@ -514,6 +463,14 @@ pub(crate) fn prepare(op: &Op, token: u64) -> io_uring::squeue::Entry {
             .build()
             .user_data(token),
     }
+}
+
+/// Fails `op` without freeing its buffer: after a ring error the kernel may
+/// still read or write it. Leaks the buffer, once per failed ring.
+pub(crate) fn abandon(op: Op, e: &io::Error) {
+    let Op { kind, reply, .. } = op;
+    let _ = reply.send(Err(io::Error::other(format!("io_uring failed: {e}"))));
+    std::mem::forget(kind);
 }
 
 /// Handles one completion. Returns the op again when it must be resubmitted

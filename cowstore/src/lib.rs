@@ -44,6 +44,7 @@ mod pool;
 pub mod record;
 mod recovery;
 mod remote;
+mod ring;
 pub mod segment;
 mod snapshot;
 mod store;

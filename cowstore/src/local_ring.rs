@@ -22,7 +22,6 @@
 //! syncs with the ring thread.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -32,13 +31,13 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use io_uring::{opcode, types, IoUring};
 
-use crate::io::{complete, new_eventfd, prepare, signal, Op};
+use crate::io::{new_eventfd, signal, Op};
+use crate::ring::{RingCore, Slot};
 
 /// Submission queue entries of a thread's ring: operations in the kernel at
 /// once (more wait in the backlog). A queue worker has at most its queue's
 /// depth in flight.
 const LOCAL_RING_ENTRIES: u32 = 64;
-const WAKE_TOKEN: u64 = u64::MAX;
 
 thread_local! {
     static RING: RefCell<Option<LocalRing>> = const { RefCell::new(None) };
@@ -70,112 +69,42 @@ impl Wake for Wakeup {
     }
 }
 
-/// What an SQE in flight was for.
-enum Slot {
-    Io(Op),
-    /// A [`Readable`]'s poll; the sender is gone once it was cancelled.
-    Poll(Option<futures::channel::oneshot::Sender<()>>),
-    /// The removal of a poll (its completion carries nothing).
-    Cancel,
-}
-
 struct LocalRing {
-    ring: IoUring,
+    /// Dropped first: it waits for what is in flight.
+    core: RingCore,
+    /// Owns the eventfd the core's wake-up read reads.
     wakeup: Arc<Wakeup>,
-    /// The armed eventfd read's 8 bytes. Leaked on purpose, as the ring
-    /// thread's: the kernel may still own that read when the thread exits.
-    wake_buf: &'static mut [u8; 8],
-    wake_armed: bool,
-    in_flight: HashMap<u64, Slot>,
-    backlog: VecDeque<Op>,
-    next_token: u64,
-    /// The ring failed; operations go elsewhere, and sleeping is a plain
-    /// eventfd read.
-    broken: bool,
 }
 
 impl LocalRing {
     fn new() -> io::Result<Self> {
         let ring = IoUring::new(LOCAL_RING_ENTRIES)?;
-        let fd = new_eventfd()?;
+        let wakeup = Arc::new(Wakeup {
+            woken: AtomicBool::new(false),
+            sleeping: AtomicBool::new(false),
+            fd: new_eventfd()?,
+        });
         Ok(LocalRing {
-            ring,
-            wakeup: Arc::new(Wakeup {
-                woken: AtomicBool::new(false),
-                sleeping: AtomicBool::new(false),
-                fd,
-            }),
-            wake_buf: Box::leak(Box::new([0u8; 8])),
-            wake_armed: false,
-            in_flight: HashMap::new(),
-            backlog: VecDeque::new(),
-            next_token: 0,
-            broken: false,
+            core: RingCore::new(ring, wakeup.fd.as_raw_fd()),
+            wakeup,
         })
     }
 
-    /// Moves backlog into the submission queue (keeping a slot for the
-    /// wake-up read) and submits it, without waiting; hands out what
-    /// completed meanwhile, so that slots free up even while the thread
-    /// never has to sleep.
+    /// Moves backlog into the submission queue and submits it, without
+    /// waiting; hands out what completed meanwhile, so that slots free up
+    /// even while the thread never has to sleep.
     fn submit(&mut self) {
-        self.fill();
-        if let Err(e) = self.ring.submit() {
-            self.check(e);
-        }
-        self.reap();
-    }
-
-    fn fill(&mut self) {
-        if !self.wake_armed {
-            let fd = types::Fd(self.wakeup.fd.as_raw_fd());
-            let sqe = opcode::Read::new(fd, self.wake_buf.as_mut_ptr(), 8)
-                .build()
-                .user_data(WAKE_TOKEN);
-            // SAFETY: `wake_buf` is 'static, and only this one read of it
-            // is ever in flight.
-            if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
-                self.wake_armed = true;
-            }
-        }
-        while self.in_flight.len() + 1 < LOCAL_RING_ENTRIES as usize {
-            let Some(op) = self.backlog.pop_front() else {
-                break;
-            };
-            let token = self.token();
-            let sqe = prepare(&op, token);
-            // SAFETY: the buffer an SQE points into is owned by `op`, which
-            // stays in `in_flight` (its heap data unmoved) until completion.
-            if unsafe { self.ring.submission().push(&sqe) }.is_err() {
-                self.backlog.push_front(op);
-                break;
-            }
-            self.in_flight.insert(token, Slot::Io(op));
-        }
-    }
-
-    fn token(&mut self) -> u64 {
-        let token = self.next_token;
-        self.next_token = self.next_token.wrapping_add(1) % WAKE_TOKEN;
-        token
-    }
-
-    /// Pushes one SQE that owns no buffer, if there is room; its token.
-    fn push_plain(&mut self, sqe: io_uring::squeue::Entry, slot: Slot) -> Option<u64> {
-        if self.broken || self.in_flight.len() + 2 >= LOCAL_RING_ENTRIES as usize {
-            return None;
-        }
-        let token = self.token();
-        // SAFETY: the entry points into no memory (a poll or its removal).
-        unsafe { self.ring.submission().push(&sqe.user_data(token)) }.ok()?;
-        self.in_flight.insert(token, slot);
-        Some(token)
+        self.core.fill(true);
+        // A failure is logged, and what waited in the ring failed with it.
+        let _ = self.core.enter(0);
+        self.core.reap();
     }
 
     /// Sleeps until a completion arrives or the thread is woken, then hands
-    /// out every completion.
+    /// out every completion. Once the ring failed, sleeping is a plain
+    /// eventfd read (operations go to the store's ring thread then).
     fn wait(&mut self) {
-        if self.broken {
+        if self.core.failed() {
             self.wakeup.sleeping.store(true, Ordering::SeqCst);
             if !self.wakeup.woken.load(Ordering::SeqCst) {
                 let mut counter = [0u8; 8];
@@ -187,83 +116,12 @@ impl LocalRing {
             self.wakeup.sleeping.store(false, Ordering::SeqCst);
             return;
         }
-        self.fill();
+        self.core.fill(true);
         self.wakeup.sleeping.store(true, Ordering::SeqCst);
         let want = usize::from(!self.wakeup.woken.load(Ordering::SeqCst));
-        let res = self.ring.submit_and_wait(want);
+        let _ = self.core.enter(want);
         self.wakeup.sleeping.store(false, Ordering::SeqCst);
-        if let Err(e) = res {
-            self.check(e);
-        }
-        self.reap();
-    }
-
-    fn reap(&mut self) {
-        let completions: Vec<(u64, i32)> = self
-            .ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        for (token, res) in completions {
-            if token == WAKE_TOKEN {
-                self.wake_armed = false;
-                continue;
-            }
-            match self.in_flight.remove(&token) {
-                Some(Slot::Io(op)) => {
-                    if let Some(op) = complete(op, res) {
-                        self.backlog.push_front(op);
-                    }
-                }
-                Some(Slot::Poll(Some(ready))) if res >= 0 => {
-                    let _ = ready.send(());
-                }
-                // A failed or cancelled poll: its future stays pending,
-                // and the caller goes on without it.
-                Some(Slot::Poll(_) | Slot::Cancel) | None => {}
-            }
-        }
-    }
-
-    /// Handles a failed `io_uring_enter`: transient ones are retried by the
-    /// next call; anything else breaks the ring and fails what waits in it.
-    fn check(&mut self, e: io::Error) {
-        if matches!(
-            e.raw_os_error(),
-            Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
-        ) {
-            return;
-        }
-        tracing::error!("thread io_uring failed: {e}; falling back to the ring thread");
-        self.broken = true;
-        for op in self.backlog.drain(..) {
-            let _ = op
-                .reply
-                .send(Err(io::Error::other(format!("io_uring failed: {e}"))));
-        }
-        // What is in flight stays in `in_flight`: the kernel may still
-        // use its buffers, so they live as long as the thread.
-    }
-}
-
-impl Drop for LocalRing {
-    fn drop(&mut self) {
-        // The kernel reads buffers the in-flight operations own: they must
-        // complete before those buffers are freed.
-        // Polls reference no memory; closing the ring cancels them.
-        let io_in_flight =
-            |ring: &LocalRing| ring.in_flight.values().any(|s| matches!(s, Slot::Io(_)));
-        while io_in_flight(self) && !self.broken {
-            if let Err(e) = self.ring.submit_and_wait(1) {
-                self.check(e);
-            }
-            self.reap();
-            self.backlog.clear();
-        }
-        if self.broken {
-            // Leak rather than free memory the kernel may still read.
-            std::mem::forget(std::mem::take(&mut self.in_flight));
-        }
+        self.core.reap();
     }
 }
 
@@ -338,7 +196,7 @@ pub fn readable(fd: std::os::fd::RawFd) -> Readable {
             let mut r = r.try_borrow_mut().ok()?;
             let ring = r.as_mut()?;
             let sqe = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build();
-            let token = ring.push_plain(sqe, Slot::Poll(Some(ready)))?;
+            let token = ring.core.push_plain(sqe, Slot::Poll(Some(ready)))?;
             ring.submit();
             Some(token)
         })
@@ -387,10 +245,10 @@ impl Drop for Readable {
                 return;
             };
             let Some(ring) = r.as_mut() else { return };
-            if let Some(Slot::Poll(ready)) = ring.in_flight.get_mut(&token) {
+            if let Some(Slot::Poll(ready)) = ring.core.in_flight.get_mut(&token) {
                 ready.take();
                 let sqe = opcode::PollRemove::new(token).build();
-                if ring.push_plain(sqe, Slot::Cancel).is_some() {
+                if ring.core.push_plain(sqe, Slot::Cancel).is_some() {
                     ring.submit();
                 }
             }
@@ -409,8 +267,8 @@ pub(crate) fn submit(op: Op) -> Result<(), Op> {
             return Err(op);
         };
         match r.as_mut() {
-            Some(ring) if !ring.broken => {
-                ring.backlog.push_back(op);
+            Some(ring) if !ring.core.failed() => {
+                ring.core.backlog.push_back(op);
                 ring.submit();
                 Ok(())
             }
@@ -427,7 +285,8 @@ mod tests {
     fn polls_in_flight() -> usize {
         RING.with(|r| {
             r.borrow().as_ref().map_or(0, |ring| {
-                ring.in_flight
+                ring.core
+                    .in_flight
                     .values()
                     .filter(|s| matches!(s, Slot::Poll(_)))
                     .count()
