@@ -110,6 +110,11 @@ impl SegmentPool {
         self.state.lock().files.len()
     }
 
+    /// Files the pool keeps at most.
+    pub fn capacity(&self) -> usize {
+        self.max_files
+    }
+
     /// Keeps the freed segment `seg` (already out of the catalog and the
     /// segment table, so no one can look it up any more) for reuse; false
     /// when the caller must delete it instead: the pool is full or off,

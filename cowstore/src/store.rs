@@ -970,6 +970,11 @@ impl Store {
         self.inner.pool.len()
     }
 
+    /// How many freed segment files the pool keeps at most.
+    pub fn pool_capacity_segments(&self) -> usize {
+        self.inner.pool.capacity()
+    }
+
     /// Bytes held by segment files on local disk.
     pub fn disk_bytes(&self) -> u64 {
         self.inner

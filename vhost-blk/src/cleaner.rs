@@ -45,10 +45,16 @@ pub struct CleanerPolicy {
     /// A check interval in which the store grew by more than this is busy:
     /// a pass due by growth waits for a quieter one (up to the hard limit).
     pub busy_growth_bytes: u64,
-    /// When a volume found the segment pool empty, a dead-only pass (it
-    /// frees, it does not relocate) runs once the store grew by this much
-    /// since the last pass, checked every [`HUNGER_CHECK`]; 0: never.
+    /// When a volume found the segment pool empty, or the pool is below
+    /// `hunger_low_percent` of its capacity, a dead-only pass (it frees, it
+    /// does not relocate) runs once the store grew by this much since the
+    /// last pass, checked every [`HUNGER_CHECK`]; 0: never.
     pub hunger_growth_bytes: u64,
+    /// The pool counts as running low below this percentage of its
+    /// capacity: refilled before it runs dry, so that a volume writing at
+    /// disk speed does not fall back to new (buffered) files for the time
+    /// a check and a pass take.
+    pub hunger_low_percent: u64,
 }
 
 /// How often the cleaner looks whether the segment pool ran dry. Guests
@@ -69,6 +75,7 @@ impl Default for CleanerPolicy {
             low_free_percent: 10,
             busy_growth_bytes: 256 << 20,
             hunger_growth_bytes: 1 << 30,
+            hunger_low_percent: 25,
         }
     }
 }
@@ -82,7 +89,8 @@ pub enum Trigger {
     HardGrowth,
     LowFreeSpace,
     /// A volume found the segment pool empty and the store grew by
-    /// `hunger_growth_bytes`: a dead-only pass refills the pool.
+    /// `hunger_growth_bytes`, or the pool ran low: a dead-only pass refills
+    /// the pool.
     PoolHunger,
 }
 
@@ -99,6 +107,9 @@ pub struct Observation {
     pub recent_growth_bytes: u64,
     /// Times a volume found the segment pool empty since the last pass.
     pub pool_misses: u64,
+    /// Segment files in the pool now, and how many it keeps at most.
+    pub pooled_segments: usize,
+    pub pool_capacity_segments: usize,
 }
 
 impl CleanerPolicy {
@@ -121,7 +132,10 @@ impl CleanerPolicy {
     /// (checked more often than [`CleanerPolicy::decide`]).
     pub fn decide_hunger(&self, seen: &Observation) -> Option<Trigger> {
         let grown = seen.disk_bytes.saturating_sub(seen.baseline_bytes);
-        (self.hunger_growth_bytes > 0 && seen.pool_misses > 0 && grown >= self.hunger_growth_bytes)
+        let low = (seen.pooled_segments as u64).saturating_mul(100)
+            < (seen.pool_capacity_segments as u64).saturating_mul(self.hunger_low_percent);
+        let hungry = seen.pool_misses > 0 || low;
+        (self.hunger_growth_bytes > 0 && hungry && grown >= self.hunger_growth_bytes)
             .then_some(Trigger::PoolHunger)
     }
 }
@@ -236,7 +250,11 @@ fn run(
         }
         let check = Instant::now() >= next_check;
         let pool_misses = store.pool_misses().saturating_sub(misses_at_pass);
-        if !check && pool_misses == 0 {
+        let pooled_segments = store.pooled_segments();
+        let pool_capacity_segments = store.pool_capacity_segments();
+        let pool_low = (pooled_segments as u64).saturating_mul(100)
+            < (pool_capacity_segments as u64).saturating_mul(policy.hunger_low_percent);
+        if !check && pool_misses == 0 && !pool_low {
             continue;
         }
         let disk_bytes = store.disk_bytes();
@@ -246,6 +264,8 @@ fn run(
             free_percent: cowstore::free_percent(dir),
             recent_growth_bytes: disk_bytes.saturating_sub(last_bytes),
             pool_misses,
+            pooled_segments,
+            pool_capacity_segments,
         };
         let decision = if check {
             next_check = Instant::now() + policy.interval;
@@ -339,6 +359,8 @@ mod tests {
             free_percent: free,
             recent_growth_bytes: 0,
             pool_misses: 0,
+            pooled_segments: 0,
+            pool_capacity_segments: 0,
         }
     }
 
@@ -351,6 +373,7 @@ mod tests {
             low_free_percent: 10,
             busy_growth_bytes: 50 * MIB,
             hunger_growth_bytes: 200 * MIB,
+            hunger_low_percent: 25,
         };
         // Small store: the absolute floor applies.
         assert_eq!(
@@ -411,6 +434,38 @@ mod tests {
     }
 
     #[test]
+    fn a_low_pool_is_refilled_before_it_runs_dry() {
+        let p = CleanerPolicy {
+            hunger_growth_bytes: 200 * MIB,
+            hunger_low_percent: 25,
+            ..CleanerPolicy::default()
+        };
+        let pool = |disk, pooled| Observation {
+            pooled_segments: pooled,
+            pool_capacity_segments: 256,
+            ..seen(disk, 1000 * MIB, Some(50))
+        };
+        // A quarter of 256 files is 64: at 63 and growth, a pass runs...
+        assert_eq!(
+            p.decide_hunger(&pool(1200 * MIB, 63)),
+            Some(Trigger::PoolHunger)
+        );
+        // ...not at 64, nor without growth, nor with no pool at all.
+        assert_eq!(p.decide_hunger(&pool(1200 * MIB, 64)), None);
+        assert_eq!(p.decide_hunger(&pool(1100 * MIB, 0)), None);
+        let no_pool = Observation {
+            pool_capacity_segments: 0,
+            ..pool(1200 * MIB, 0)
+        };
+        assert_eq!(p.decide_hunger(&no_pool), None);
+        let off = CleanerPolicy {
+            hunger_low_percent: 0,
+            ..p
+        };
+        assert_eq!(off.decide_hunger(&pool(1200 * MIB, 0)), None);
+    }
+
+    #[test]
     fn cleaner_thread_frees_overwritten_segments_and_stops() {
         let dir = tempfile::tempdir().unwrap();
         let config = cowstore::StoreConfig {
@@ -429,6 +484,7 @@ mod tests {
                 low_free_percent: 0,
                 busy_growth_bytes: u64::MAX,
                 hunger_growth_bytes: 0,
+                hunger_low_percent: 0,
             },
             Box::new(|| true),
         )

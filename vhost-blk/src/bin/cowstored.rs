@@ -8,15 +8,17 @@
 //!           [--create NAME=SIZE_BYTES]...
 //!           [--gc-interval-ms MS] [--gc-growth-percent P]
 //!           [--gc-min-growth-bytes N] [--gc-busy-growth-bytes N]
-//!           [--gc-hunger-growth-bytes N] [--gc-low-free-percent P]
+//!           [--gc-hunger-growth-bytes N] [--gc-pool-low-percent P]
+//!           [--gc-low-free-percent P]
 //! ```
 //! The background cleaner (on unless `--gc-interval-ms 0`) runs a segment
 //! cleaner pass when the store grew by P% (and at least N bytes) since the
 //! last pass and the last interval was quiet (grew by at most the busy
 //! bytes), or grew by four times that threshold, or when its file system
-//! has less than P% free, or, when a volume found the segment pool empty,
-//! a pass that only frees dead segments once the store grew by the hunger
-//! bytes (default 1 GiB; 0: never). Segment files the cleaner frees are kept for
+//! has less than P% free, or, when a volume found the segment pool empty
+//! or the pool holds less than `--gc-pool-low-percent` (default 25) of its
+//! capacity, a pass that only frees dead segments once the store grew by
+//! the hunger bytes (default 1 GiB; 0: never). Segment files the cleaner frees are kept for
 //! reuse up to `--segment-pool-bytes` (default 8 GiB; 0 deletes them);
 //! aligned appends to reused files bypass the page cache (`O_DIRECT`)
 //! unless `--buffered-appends`.
@@ -51,7 +53,8 @@ fn usage() -> &'static str {
      [--drop-behind-bytes N|off] [--log-writers N] [--poll-after-write-us US] \
      [--segment-pool-bytes N] [--buffered-appends] [--create NAME=SIZE_BYTES]... [--attach NAME=SOCKET]... [--attach-snapshot NAME=SOCKET]... \
      [--gc-interval-ms MS] [--gc-growth-percent P] [--gc-min-growth-bytes N] \
-     [--gc-busy-growth-bytes N] [--gc-hunger-growth-bytes N] [--gc-low-free-percent P]"
+     [--gc-busy-growth-bytes N] [--gc-hunger-growth-bytes N] [--gc-pool-low-percent P] \
+     [--gc-low-free-percent P]"
 }
 
 fn parse_args() -> Result<Args> {
@@ -144,6 +147,13 @@ fn parse_args() -> Result<Args> {
             "--gc-hunger-growth-bytes" => {
                 cleaner.hunger_growth_bytes =
                     value()?.parse().context("--gc-hunger-growth-bytes")?
+            }
+            "--gc-pool-low-percent" => {
+                let p: u64 = value()?.parse().context("--gc-pool-low-percent")?;
+                if p > 100 {
+                    bail!("--gc-pool-low-percent must be 0..=100, got {p}");
+                }
+                cleaner.hunger_low_percent = p;
             }
             "--gc-low-free-percent" => {
                 let p: u64 = value()?.parse().context("--gc-low-free-percent")?;
