@@ -504,6 +504,21 @@ mod tests {
         }
     }
 
+    /// A store with `segment_bytes` segments and one volume of `volume_bytes`.
+    fn store_with_volume(
+        dir: &std::path::Path,
+        segment_bytes: u64,
+        volume_bytes: u64,
+    ) -> (Store, crate::Volume) {
+        let config = StoreConfig {
+            segment_bytes,
+            ..StoreConfig::default()
+        };
+        let store = Store::create(dir.join("s"), config).unwrap();
+        let vol = store.create_volume("v", volume_bytes).unwrap();
+        (store, vol)
+    }
+
     /// Writes `records` incompressible 64 KiB records at 0, 64 KiB, ...,
     /// then overwrites those `overwrite` picks: what stays live is what it
     /// leaves.
@@ -529,12 +544,7 @@ mod tests {
     #[test]
     fn long_live_runs_and_wide_gaps_relocate_intact() {
         let dir = tempfile::tempdir().unwrap();
-        let config = StoreConfig {
-            segment_bytes: 16 << 20,
-            ..StoreConfig::default()
-        };
-        let store = Store::create(dir.path().join("s"), config).unwrap();
-        let vol = store.create_volume("v", 32 << 20).unwrap();
+        let (store, vol) = store_with_volume(dir.path(), 16 << 20, 32 << 20);
         // The first segment keeps records 0..96 (6 MiB in a row) and every
         // eighth one after them (448 KiB apart): 45% live.
         let data = write_then_overwrite(&vol, 256, |i| i >= 96 && i % 8 != 0);
@@ -560,12 +570,7 @@ mod tests {
     #[test]
     fn a_corrupt_live_record_keeps_its_segment_and_is_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let config = StoreConfig {
-            segment_bytes: 1 << 20,
-            ..StoreConfig::default()
-        };
-        let store = Store::create(dir.path().join("s"), config).unwrap();
-        let vol = store.create_volume("v", 16 << 20).unwrap();
+        let (store, vol) = store_with_volume(dir.path(), 1 << 20, 16 << 20);
         let data = write_then_overwrite(&vol, 128, |i| i % 4 != 0);
         let extent = vol.inner.state.read().map.iter().next().unwrap().1;
         let seg = store.inner.segments.read()[&extent.segment_id].clone();

@@ -99,8 +99,12 @@ pub enum Trigger {
 pub struct Observation {
     /// Segment bytes on disk now.
     pub disk_bytes: u64,
-    /// Segment bytes right after the last pass (or at start).
+    /// Segment bytes right after the last full pass (or at start), lowered
+    /// to the smallest size seen since: what the growth rules measure from.
     pub baseline_bytes: u64,
+    /// Segment bytes right after the last pass of any kind: what the pool
+    /// rule measures from.
+    pub hunger_baseline_bytes: u64,
     /// Free space of the store's file system, in percent (None: unknown).
     pub free_percent: Option<u64>,
     /// How much the segment bytes grew since the previous check.
@@ -131,7 +135,7 @@ impl CleanerPolicy {
     /// Decides whether a dead-only pass runs to refill the segment pool
     /// (checked more often than [`CleanerPolicy::decide`]).
     pub fn decide_hunger(&self, seen: &Observation) -> Option<Trigger> {
-        let grown = seen.disk_bytes.saturating_sub(seen.baseline_bytes);
+        let grown = seen.disk_bytes.saturating_sub(seen.hunger_baseline_bytes);
         let low = (seen.pooled_segments as u64).saturating_mul(100)
             < (seen.pool_capacity_segments as u64).saturating_mul(self.hunger_low_percent);
         let hungry = seen.pool_misses > 0 || low;
@@ -229,6 +233,7 @@ fn run(
     may_run: &MayRun,
 ) {
     let mut baseline_bytes = store.disk_bytes();
+    let mut hunger_baseline_bytes = baseline_bytes;
     let mut last_bytes = baseline_bytes;
     let mut misses_at_pass = store.pool_misses();
     let mut next_check = Instant::now() + policy.interval;
@@ -261,6 +266,7 @@ fn run(
         let seen = Observation {
             disk_bytes,
             baseline_bytes,
+            hunger_baseline_bytes,
             free_percent: cowstore::free_percent(dir),
             recent_growth_bytes: disk_bytes.saturating_sub(last_bytes),
             pool_misses,
@@ -281,6 +287,7 @@ fn run(
             // Space given back by deletions (volumes, snapshots) lowers the
             // baseline, so growth is measured from the smallest size seen.
             baseline_bytes = baseline_bytes.min(seen.disk_bytes);
+            hunger_baseline_bytes = hunger_baseline_bytes.min(seen.disk_bytes);
             continue;
         };
         let mode = match trigger {
@@ -329,6 +336,17 @@ fn run(
                 warn!(trigger = ?trigger, error = %e, "cleaner pass failed");
             }
         }
+        hunger_baseline_bytes = after_bytes;
+        last_bytes = after_bytes;
+        if mode == cowstore::GcMode::DeadOnly {
+            // What a dead-only pass freed lowers the growth baseline, but it
+            // never raises it: what it left may be partly live, and only a
+            // full pass relocates that. (Raising it starved full passes
+            // once dead-only passes ran at every gigabyte: a store
+            // overwritten by 4 KiB writes grew without a full pass.)
+            baseline_bytes = baseline_bytes.min(after_bytes);
+            continue;
+        }
         if deferred > 0 {
             // The pass hit its relocation budget: the baseline stays, so
             // the growth rules still see the garbage left, and the next
@@ -338,11 +356,8 @@ fn run(
             continue;
         }
         // Measured from what the pass left, so a store whose data is all
-        // live does not trigger a pass at every check. After a dead-only
-        // pass too: what it left is live or partly live, and a full pass
-        // runs once that grows past the thresholds.
+        // live does not trigger a pass at every check.
         baseline_bytes = after_bytes;
-        last_bytes = after_bytes;
     }
 }
 
@@ -356,6 +371,7 @@ mod tests {
         Observation {
             disk_bytes: disk,
             baseline_bytes: base,
+            hunger_baseline_bytes: base,
             free_percent: free,
             recent_growth_bytes: 0,
             pool_misses: 0,
@@ -521,5 +537,78 @@ mod tests {
         // The data survived the relocations.
         let back = futures::executor::block_on(vol.read(0, MIB)).unwrap();
         assert_eq!(back, data);
+    }
+
+    /// Dead-only passes that run at every gigabyte (here: megabyte) of
+    /// growth must not hold off full passes: a store overwritten by small
+    /// random writes has few wholly dead segments, and only a full pass
+    /// relocates its partly live ones.
+    #[test]
+    fn dead_only_passes_do_not_starve_full_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = cowstore::StoreConfig {
+            segment_bytes: 1 << 20,
+            segment_pool_bytes: 8 << 20,
+            ..Default::default()
+        };
+        let store = Arc::new(cowstore::Store::open_or_create(dir.path(), config).unwrap());
+        let volume_bytes = 16 * MIB;
+        let vol = store.create_volume("v", volume_bytes).unwrap();
+        let mut model = vec![0u8; volume_bytes as usize];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for b in model.iter_mut() {
+            *b = next() as u8;
+        }
+        futures::executor::block_on(vol.write(0, &model)).unwrap();
+        futures::executor::block_on(vol.flush()).unwrap();
+        let mut cleaner = Cleaner::start(
+            store.clone(),
+            dir.path(),
+            CleanerPolicy {
+                // Growth rules checked every second, the pool rule every
+                // HUNGER_CHECK: dead-only passes come first.
+                interval: Duration::from_secs(1),
+                growth_percent: 50,
+                min_growth_bytes: 4 * MIB,
+                low_free_percent: 0,
+                busy_growth_bytes: u64::MAX,
+                hunger_growth_bytes: MIB,
+                hunger_low_percent: 25,
+            },
+            Box::new(|| true),
+        )
+        .unwrap()
+        .expect("enabled");
+        // 2 MiB of 4 KiB writes at random offsets, then a pause in which a
+        // dead-only pass runs; twelve times.
+        for _ in 0..12 {
+            for _ in 0..512 {
+                let block = (next() % (volume_bytes / 4096)) as usize;
+                let at = block * 4096;
+                for b in &mut model[at..at + 4096] {
+                    *b = next() as u8;
+                }
+                futures::executor::block_on(vol.write(at as u64, &model[at..at + 4096])).unwrap();
+            }
+            futures::executor::block_on(vol.flush()).unwrap();
+            std::thread::sleep(HUNGER_CHECK + Duration::from_millis(50));
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while cleaner.stats().bytes_relocated == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let stats = cleaner.stats();
+        cleaner.stop();
+        assert!(stats.passes_pool_hunger >= 1, "{stats:?}");
+        assert!(stats.bytes_relocated > 0, "no full pass ran: {stats:?}");
+        assert!(stats.last_error.is_none(), "{stats:?}");
+        let back = futures::executor::block_on(vol.read(0, volume_bytes)).unwrap();
+        assert!(back == model, "data differs after the passes");
     }
 }
