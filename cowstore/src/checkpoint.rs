@@ -188,7 +188,7 @@ impl Checkpoint {
                 "extent count {count} does not match file size {file_len}"
             )));
         }
-        let mut crc = crc32c::crc32c(&header);
+        let mut crc = crate::checksum::crc32c(&header);
         let mut map = ExtentMap::new();
         let mut entry = [0u8; ENTRY_BYTES as usize];
         let mut prev_end = 0u64;

@@ -30,6 +30,7 @@
 
 mod catalog;
 mod checkpoint;
+mod checksum;
 mod drop_behind;
 mod error;
 pub mod extent_map;

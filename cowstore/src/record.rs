@@ -161,7 +161,7 @@ impl RecordHeader {
     /// `self.payload_crc` are computed here.
     pub fn encode_with_payload(self, payload: &[u8], out: &mut Vec<u8>) {
         out.reserve(RECORD_HEADER_BYTES + payload.len());
-        out.extend_from_slice(&self.to_bytes(payload.len(), crc32c::crc32c(payload)));
+        out.extend_from_slice(&self.to_bytes(payload.len(), crate::checksum::crc32c(payload)));
         out.extend_from_slice(payload);
     }
 
@@ -182,7 +182,7 @@ impl RecordHeader {
         out[40..44].copy_from_slice(&self.len_sectors.to_le_bytes());
         out[44..48].copy_from_slice(&self.payload_crc.to_le_bytes());
         out[48..56].copy_from_slice(&self.aux.to_le_bytes());
-        let crc = crc32c::crc32c(&out[8..RECORD_HEADER_BYTES]);
+        let crc = crate::checksum::crc32c(&out[8..RECORD_HEADER_BYTES]);
         out[4..8].copy_from_slice(&crc.to_le_bytes());
         out
     }
@@ -202,7 +202,7 @@ impl RecordHeader {
         if magic != RECORD_MAGIC {
             return Err(RecordError::BadMagic(magic));
         }
-        if u32_at(4) != crc32c::crc32c(&b[8..RECORD_HEADER_BYTES]) {
+        if u32_at(4) != crate::checksum::crc32c(&b[8..RECORD_HEADER_BYTES]) {
             return Err(RecordError::HeaderChecksum);
         }
         let kind = RecordKind::from_u8(b[8]).ok_or(RecordError::BadKind(b[8]))?;
@@ -270,7 +270,8 @@ impl RecordHeader {
 
     /// Verifies `payload` against the header's payload checksum.
     pub fn check_payload(&self, payload: &[u8]) -> Result<(), RecordError> {
-        if payload.len() != self.stored_len as usize || crc32c::crc32c(payload) != self.payload_crc
+        if payload.len() != self.stored_len as usize
+            || crate::checksum::crc32c(payload) != self.payload_crc
         {
             return Err(RecordError::PayloadChecksum);
         }
@@ -342,7 +343,7 @@ pub fn encode_chunk<'a>(data: &'a [u8], hint: &CompressHint) -> Option<Encoded<'
     let compressed = lz4_flex::block::compress(data);
     if compressed.len() <= data.len() - data.len() / 8 {
         hint.note(true);
-        let crc = crc32c::crc32c(&compressed);
+        let crc = crate::checksum::crc32c(&compressed);
         Some(Encoded::Compressed {
             bytes: compressed,
             crc,
@@ -430,13 +431,13 @@ fn raw_chunk(data: &[u8]) -> Encoded<'_> {
         return Encoded::Raw {
             data,
             table: Vec::new(),
-            crc: crc32c::crc32c(data),
+            crc: crate::checksum::crc32c(data),
         };
     }
     let mut table = Vec::with_capacity(block_crc_table_bytes(data.len()));
     let mut data_crc = 0u32;
     for block in data.chunks(CHECK_BLOCK_BYTES) {
-        let block_crc = crc32c::crc32c(block);
+        let block_crc = crate::checksum::crc32c(block);
         data_crc = if block.len() == CHECK_BLOCK_BYTES {
             combine_full_block(data_crc, block_crc)
         } else {

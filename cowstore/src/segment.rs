@@ -54,7 +54,7 @@ impl SegmentHeader {
             SegmentKind::Log => 1,
             SegmentKind::Gc => 2,
         };
-        let crc = crc32c::crc32c(&b[..60]);
+        let crc = crate::checksum::crc32c(&b[..60]);
         b[60..64].copy_from_slice(&crc.to_le_bytes());
         b
     }
@@ -67,7 +67,7 @@ impl SegmentHeader {
             return Err("bad segment magic".into());
         }
         let crc = u32::from_le_bytes([b[60], b[61], b[62], b[63]]);
-        if crc != crc32c::crc32c(&b[..60]) {
+        if crc != crate::checksum::crc32c(&b[..60]) {
             return Err("segment header checksum mismatch".into());
         }
         let u64_at = |o: usize| {

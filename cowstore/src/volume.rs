@@ -303,7 +303,7 @@ fn header(kind: RecordKind, volume_id: u64, lba: u64, len_sectors: u32) -> Recor
 /// Rewrites the seq of the record at `buf[at..]` and its header checksum.
 fn stamp_seq(buf: &mut [u8], at: usize, seq: u64) {
     buf[at + 16..at + 24].copy_from_slice(&seq.to_le_bytes());
-    let crc = crc32c::crc32c(&buf[at + 8..at + RECORD_HEADER_BYTES]);
+    let crc = crate::checksum::crc32c(&buf[at + 8..at + RECORD_HEADER_BYTES]);
     buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
@@ -499,7 +499,7 @@ impl Volume {
             }
             let stored_len = batch.buf.len() - data_at;
             debug_assert_eq!(
-                crc32c::crc32c(&batch.buf[data_at..]),
+                crate::checksum::crc32c(&batch.buf[data_at..]),
                 crc,
                 "payload crc combined from the blocks does not match the payload"
             );
@@ -1138,7 +1138,7 @@ pub(crate) async fn read_pieces(
                 for (i, (bytes, entry)) in data.chunks(block).zip(table.chunks_exact(4)).enumerate()
                 {
                     let expected = u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]);
-                    let found = crc32c::crc32c(bytes);
+                    let found = crate::checksum::crc32c(bytes);
                     if found != expected {
                         return Err(Error::Checksum {
                             volume: name.to_string(),
@@ -1154,7 +1154,7 @@ pub(crate) async fn read_pieces(
                 dst.copy_from_slice(&data[from..from + dst.len()]);
             }
             Fetched::Whole(payload) => {
-                let found = crc32c::crc32c(&payload);
+                let found = crate::checksum::crc32c(&payload);
                 if found != e.payload_crc {
                     return Err(Error::Checksum {
                         volume: name.to_string(),

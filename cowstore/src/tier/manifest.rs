@@ -68,7 +68,7 @@ pub fn encode<T: Serialize>(body: &T) -> Vec<u8> {
     let value = serde_json::to_value(body).unwrap_or(serde_json::Value::Null);
     let body_bytes = serde_json::to_vec(&value).unwrap_or_default();
     let env = Envelope {
-        crc32c: crc32c::crc32c(&body_bytes),
+        crc32c: crate::checksum::crc32c(&body_bytes),
         body: value,
     };
     serde_json::to_vec_pretty(&env).unwrap_or_default()
@@ -81,7 +81,7 @@ pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T> {
     };
     let env: Envelope = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
     let body_bytes = serde_json::to_vec(&env.body).map_err(|e| bad(e.to_string()))?;
-    if crc32c::crc32c(&body_bytes) != env.crc32c {
+    if crate::checksum::crc32c(&body_bytes) != env.crc32c {
         return Err(bad("checksum mismatch".into()));
     }
     serde_json::from_value(env.body).map_err(|e| bad(e.to_string()))

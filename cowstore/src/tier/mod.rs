@@ -150,7 +150,7 @@ fn is_transient(e: &object_store::Error) -> bool {
 /// its own crc32c always has the same crc32c (the CRC residue), so that
 /// would name every checkpoint alike.
 fn checkpoint_tag(bytes: &[u8]) -> u32 {
-    crc32c::crc32c(&bytes[..bytes.len().saturating_sub(4)])
+    crate::checksum::crc32c(&bytes[..bytes.len().saturating_sub(4)])
 }
 
 /// Outcome of a create-only put.
