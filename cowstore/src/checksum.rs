@@ -5,7 +5,7 @@
 //! folding with PCLMULQDQ/VPCLMULQDQ where the CPU has them, a table
 //! elsewhere); the `crc32c` crate (the SSE4.2 `crc32` instruction over three
 //! streams) stays for extending and combining checksums. Measured on this
-//! machine (AMD EPYC with VPCLMULQDQ, `scripts`-free microbenchmark,
+//! machine (AMD EPYC with VPCLMULQDQ; `benches/benches/checksum.rs`,
 //! docs/performance.md): 62-64 against 27-30 GB/s on 4-64 KiB buffers, 6.7
 //! against 4.6 GB/s on a 48-byte header. crc32c was a fifth of the vhost-blk
 //! queue worker's CPU on 128 KiB writes. `crc-fast` is also what
