@@ -150,6 +150,9 @@ pub(crate) struct StoreInner {
     pub pool: SegmentPool,
     /// See [`Store::pool_misses`].
     pub pool_misses: std::sync::atomic::AtomicU64,
+    /// Log segments started since the store opened: how much guests wrote,
+    /// in segments (a cleaner pass yields to them; see `gc.rs`).
+    pub log_segments_started: std::sync::atomic::AtomicU64,
     pub tier: Option<ObjectTier>,
     /// Segments in the object store: id -> object size.
     pub remote: RwLock<HashMap<u64, u64>>,
@@ -206,6 +209,10 @@ impl StoreInner {
             chain_index,
             kind,
         };
+        if kind == SegmentKind::Log {
+            self.log_segments_started
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let pooled = if reuse { self.pool.take() } else { None };
         if reuse && pooled.is_none() {
             self.pool_misses
@@ -549,6 +556,7 @@ impl Store {
             gc_tail: Mutex::new(None),
             pool,
             pool_misses: Default::default(),
+            log_segments_started: Default::default(),
             tier,
             remote: RwLock::new(HashMap::new()),
             uploading: Mutex::new(std::collections::HashSet::new()),

@@ -155,12 +155,15 @@ impl CleanerPolicy {
 /// dead-only pass would have taken the store from 12.2 to about 5.7 GB.
 /// `freed_first` says whether that dead-only pass already ran; returns the
 /// mode and the new `freed_first`.
+/// Passes due by growth yield to guest writes (`GcMode::Yielding`); one
+/// due to low free space does not.
 pub fn mode_for(trigger: Trigger, freed_first: bool) -> (cowstore::GcMode, bool) {
-    use cowstore::GcMode::{DeadOnly, Full};
+    use cowstore::GcMode::{DeadOnly, Full, Yielding};
     match trigger {
         Trigger::PoolHunger => (DeadOnly, freed_first),
         Trigger::HardGrowth if !freed_first => (DeadOnly, true),
-        Trigger::Growth | Trigger::HardGrowth | Trigger::LowFreeSpace => (Full, false),
+        Trigger::Growth | Trigger::HardGrowth => (Yielding, false),
+        Trigger::LowFreeSpace => (Full, false),
     }
 }
 
@@ -642,15 +645,16 @@ mod tests {
 
     #[test]
     fn hard_growth_frees_dead_segments_before_relocating() {
-        use cowstore::GcMode::{DeadOnly, Full};
+        use cowstore::GcMode::{DeadOnly, Full, Yielding};
         // First a dead-only pass; if the store is still past the limit at
         // the next check, a full one; after it, dead-only first again.
         assert_eq!(mode_for(Trigger::HardGrowth, false), (DeadOnly, true));
-        assert_eq!(mode_for(Trigger::HardGrowth, true), (Full, false));
-        // Pool passes leave the state alone; other triggers run full.
+        assert_eq!(mode_for(Trigger::HardGrowth, true), (Yielding, false));
+        // Pool passes leave the state alone; growth passes yield to
+        // guests; low free space runs a pass that does not.
         assert_eq!(mode_for(Trigger::PoolHunger, true), (DeadOnly, true));
         assert_eq!(mode_for(Trigger::PoolHunger, false), (DeadOnly, false));
-        assert_eq!(mode_for(Trigger::Growth, true), (Full, false));
+        assert_eq!(mode_for(Trigger::Growth, true), (Yielding, false));
         assert_eq!(mode_for(Trigger::LowFreeSpace, false), (Full, false));
     }
 }
