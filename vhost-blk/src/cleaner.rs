@@ -153,8 +153,9 @@ impl CleanerPolicy {
 /// passes of 1.4-6.2 s, due by hard growth, ran during a 128 KiB write
 /// benchmark and relocated the random-write rows' leftovers, while a
 /// dead-only pass would have taken the store from 12.2 to about 5.7 GB.
-/// `freed_first` says whether that dead-only pass already ran; returns the
-/// mode and the new `freed_first`.
+/// `freed_first` says whether that dead-only pass already ran in this
+/// episode (the run loop clears it at a check that finds the store back
+/// under the hard limit); returns the mode and the new `freed_first`.
 /// Passes due by growth yield to guest writes (`GcMode::Yielding`); one
 /// due to low free space does not.
 pub fn mode_for(trigger: Trigger, freed_first: bool) -> (cowstore::GcMode, bool) {
@@ -162,7 +163,10 @@ pub fn mode_for(trigger: Trigger, freed_first: bool) -> (cowstore::GcMode, bool)
     match trigger {
         Trigger::PoolHunger => (DeadOnly, freed_first),
         Trigger::HardGrowth if !freed_first => (DeadOnly, true),
-        Trigger::Growth | Trigger::HardGrowth => (Yielding, false),
+        // Until a check finds the store back under the hard limit: one
+        // dead-only pass per episode, then relocating ones.
+        Trigger::HardGrowth => (Yielding, true),
+        Trigger::Growth => (Yielding, false),
         Trigger::LowFreeSpace => (Full, false),
     }
 }
@@ -646,10 +650,11 @@ mod tests {
     #[test]
     fn hard_growth_frees_dead_segments_before_relocating() {
         use cowstore::GcMode::{DeadOnly, Full, Yielding};
-        // First a dead-only pass; if the store is still past the limit at
-        // the next check, a full one; after it, dead-only first again.
+        // First a dead-only pass; while the store stays past the limit,
+        // relocating ones (the run loop clears the state at a check that
+        // finds it back under).
         assert_eq!(mode_for(Trigger::HardGrowth, false), (DeadOnly, true));
-        assert_eq!(mode_for(Trigger::HardGrowth, true), (Yielding, false));
+        assert_eq!(mode_for(Trigger::HardGrowth, true), (Yielding, true));
         // Pool passes leave the state alone; growth passes yield to
         // guests; low free space runs a pass that does not.
         assert_eq!(mode_for(Trigger::PoolHunger, true), (DeadOnly, true));
