@@ -132,13 +132,18 @@ impl CleanerPolicy {
             .then_some(Trigger::Growth)
     }
 
+    /// Whether a pool holding `pooled` of at most `capacity` files runs low.
+    pub fn pool_low(&self, pooled: usize, capacity: usize) -> bool {
+        (pooled as u64).saturating_mul(100)
+            < (capacity as u64).saturating_mul(self.hunger_low_percent)
+    }
+
     /// Decides whether a dead-only pass runs to refill the segment pool
     /// (checked more often than [`CleanerPolicy::decide`]).
     pub fn decide_hunger(&self, seen: &Observation) -> Option<Trigger> {
         let grown = seen.disk_bytes.saturating_sub(seen.hunger_baseline_bytes);
-        let low = (seen.pooled_segments as u64).saturating_mul(100)
-            < (seen.pool_capacity_segments as u64).saturating_mul(self.hunger_low_percent);
-        let hungry = seen.pool_misses > 0 || low;
+        let hungry = seen.pool_misses > 0
+            || self.pool_low(seen.pooled_segments, seen.pool_capacity_segments);
         (self.hunger_growth_bytes > 0 && hungry && grown >= self.hunger_growth_bytes)
             .then_some(Trigger::PoolHunger)
     }
@@ -147,9 +152,9 @@ impl CleanerPolicy {
 /// Which pass a trigger runs. A store that grew hard while guests write may
 /// have grown by segments a dead-only pass frees (a guest overwriting at
 /// disk speed takes gigabytes of pool between passes), so the first
-/// `HardGrowth` since the last full pass runs dead-only, and the rules look
-/// again at what it left within [`FOLLOW_UP_CHECK`]: a full pass then runs
-/// only if the store is still past the hard limit. Measured: three full
+/// `HardGrowth` of an episode runs dead-only, and the rules look again at
+/// what it left within [`FOLLOW_UP_CHECK`]: relocating passes follow only
+/// while the store is still past the hard limit. Measured: three full
 /// passes of 1.4-6.2 s, due by hard growth, ran during a 128 KiB write
 /// benchmark and relocated the random-write rows' leftovers, while a
 /// dead-only pass would have taken the store from 12.2 to about 5.7 GB.
@@ -285,9 +290,7 @@ fn run(
         let pool_misses = store.pool_misses().saturating_sub(misses_at_pass);
         let pooled_segments = store.pooled_segments();
         let pool_capacity_segments = store.pool_capacity_segments();
-        let pool_low = (pooled_segments as u64).saturating_mul(100)
-            < (pool_capacity_segments as u64).saturating_mul(policy.hunger_low_percent);
-        if !check && pool_misses == 0 && !pool_low {
+        if !check && pool_misses == 0 && !policy.pool_low(pooled_segments, pool_capacity_segments) {
             continue;
         }
         let disk_bytes = store.disk_bytes();
