@@ -327,10 +327,11 @@ fn run(
             continue;
         };
         let (mode, freed) = mode_for(trigger, freed_first);
-        if mode == cowstore::GcMode::DeadOnly && freed && !freed_first {
+        freed_first = freed;
+        if trigger == Trigger::HardGrowth && mode == cowstore::GcMode::DeadOnly {
+            // The hard rule looks again soon at what this pass leaves.
             next_check = next_check.min(Instant::now() + FOLLOW_UP_CHECK);
         }
-        freed_first = freed;
         let started = Instant::now();
         let result = store.gc_with(mode);
         misses_at_pass = store.pool_misses();
