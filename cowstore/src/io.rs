@@ -34,6 +34,7 @@ use io_uring::{opcode, types, IoUring};
 use crate::drop_behind::DropBehind;
 use crate::limits::MAX_LOG_WRITER_THREADS;
 use crate::local_ring;
+use crate::log_buf::LogBuf;
 use crate::log_writer::{self, LogWriters, OFFLOAD_MIN_BYTES};
 use crate::ring::RingCore;
 use crate::segment::SegmentFile;
@@ -70,6 +71,9 @@ pub(crate) struct SegmentIo {
     writers: Option<LogWriters>,
     /// Bytes appended with `O_DIRECT` (see [`SegmentIo::direct_bytes`]).
     direct_bytes: std::sync::atomic::AtomicU64,
+    /// Of those, bytes from buffers registered with the ring that wrote
+    /// them (see `log_buf.rs`).
+    fixed_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl SegmentIo {
@@ -102,12 +106,19 @@ impl SegmentIo {
             behind,
             writers,
             direct_bytes: Default::default(),
+            fixed_bytes: Default::default(),
         })
     }
 
     /// Bytes appended with `O_DIRECT` so far (into reused segment files).
     pub fn direct_bytes(&self) -> u64 {
         self.direct_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Of [`SegmentIo::direct_bytes`], those written from registered
+    /// buffers (`IORING_OP_WRITE_FIXED`, see `log_buf.rs`).
+    pub fn fixed_bytes(&self) -> u64 {
+        self.fixed_bytes.load(Ordering::Relaxed)
     }
 
     pub fn name(&self) -> &'static str {
@@ -131,12 +142,13 @@ impl SegmentIo {
         &self,
         file: &Arc<SegmentFile>,
         offset: u64,
-        buf: &Arc<Vec<u8>>,
+        buf: &Arc<LogBuf>,
         range: std::ops::Range<usize>,
     ) -> io::Result<()> {
         if let Some(direct) = file.direct_for(offset, &buf[range.clone()]) {
             self.direct_bytes
                 .fetch_add(range.len() as u64, Ordering::Relaxed);
+            let table_id = buf.table_id();
             // Many direct appends in flight at once, as the disk likes
             // them: in the caller's own ring if it has one (no thread
             // hand-over, see `local_ring`), even for a lone request: a
@@ -150,7 +162,13 @@ impl SegmentIo {
             };
             let (op, done) = Op::new(file, offset, kind);
             let op = match local_ring::submit(op) {
-                Ok(()) => return Self::reply(done).await.map(drop),
+                Ok(()) => {
+                    if table_id != 0 && table_id == local_ring::fixed_table_id() {
+                        self.fixed_bytes
+                            .fetch_add(range.len() as u64, Ordering::Relaxed);
+                    }
+                    return Self::reply(done).await.map(drop);
+                }
                 Err(op) => op,
             };
             return match &self.backend {
@@ -286,7 +304,7 @@ enum OpKind {
     /// `buf[range]`, of which `done` bytes are written; through the file's
     /// direct descriptor while what is left stays aligned for it.
     Write {
-        buf: Arc<Vec<u8>>,
+        buf: Arc<LogBuf>,
         range: std::ops::Range<usize>,
         done: usize,
     },
@@ -433,7 +451,10 @@ fn ring_thread(
     }
 }
 
-pub(crate) fn prepare(op: &Op, token: u64) -> io_uring::squeue::Entry {
+/// The SQE for `op`, in a ring whose registered buffer table is
+/// `fixed_table_id` (0: none): a write from a buffer registered there is a
+/// fixed write.
+pub(crate) fn prepare(op: &Op, token: u64, fixed_table_id: u64) -> io_uring::squeue::Entry {
     let fd = types::Fd(op.file.file.as_raw_fd());
     match &op.kind {
         OpKind::Read { buf, done } => {
@@ -453,10 +474,16 @@ pub(crate) fn prepare(op: &Op, token: u64) -> io_uring::squeue::Entry {
             // A longer write (over 4 GiB; none is) would come back short
             // and be resubmitted for the rest.
             let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
-            opcode::Write::new(fd, rest.as_ptr(), len)
-                .offset(at)
-                .build()
-                .user_data(token)
+            match buf.fixed_index(fixed_table_id, rest) {
+                Some(index) => opcode::WriteFixed::new(fd, rest.as_ptr(), len, index)
+                    .offset(at)
+                    .build()
+                    .user_data(token),
+                None => opcode::Write::new(fd, rest.as_ptr(), len)
+                    .offset(at)
+                    .build()
+                    .user_data(token),
+            }
         }
         OpKind::Fsync => opcode::Fsync::new(fd)
             .flags(types::FsyncFlags::DATASYNC)
@@ -697,8 +724,8 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let seg = segment(dir.path());
         let io = SegmentIo::new(IoBackendChoice::Blocking, None, 2).unwrap();
-        let big = Arc::new(vec![0xa5u8; OFFLOAD_MIN_BYTES + 100]);
-        let small = Arc::new(vec![0x3cu8; 4096]);
+        let big = Arc::new(LogBuf::plain(vec![0xa5u8; OFFLOAD_MIN_BYTES + 100]));
+        let small = Arc::new(LogBuf::plain(vec![0x3cu8; 4096]));
         let big_at = 64u64;
         let small_at = big_at + (OFFLOAD_MIN_BYTES as u64 + 100);
         // Inline: finished on the first poll.
@@ -710,7 +737,7 @@ pub(crate) mod tests {
         });
         assert!(scoped.unwrap().is_ok());
         // Offloaded: written by the time the future resolves.
-        let offloaded = Arc::new(vec![0x77u8; OFFLOAD_MIN_BYTES]);
+        let offloaded = Arc::new(LogBuf::plain(vec![0x77u8; OFFLOAD_MIN_BYTES]));
         futures::executor::block_on(io.write_shared(&seg, big_at, &offloaded, 0..offloaded.len()))
             .unwrap();
         let mut back = vec![0u8; OFFLOAD_MIN_BYTES + 100 + 4096];

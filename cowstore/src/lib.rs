@@ -40,6 +40,7 @@ pub mod inspect;
 mod io;
 pub mod limits;
 mod local_ring;
+mod log_buf;
 mod log_writer;
 mod pool;
 pub mod record;

@@ -32,6 +32,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use io_uring::{opcode, types, IoUring};
 
 use crate::io::{new_eventfd, signal, Op};
+use crate::log_buf::Lease;
 use crate::ring::{RingCore, Slot};
 
 /// Submission queue entries of a thread's ring: operations in the kernel at
@@ -84,10 +85,9 @@ impl LocalRing {
             sleeping: AtomicBool::new(false),
             fd: new_eventfd()?,
         });
-        Ok(LocalRing {
-            core: RingCore::new(ring, wakeup.fd.as_raw_fd()),
-            wakeup,
-        })
+        let mut core = RingCore::new(ring, wakeup.fd.as_raw_fd());
+        core.register_fixed_buffers();
+        Ok(LocalRing { core, wakeup })
     }
 
     /// Moves backlog into the submission queue and submits it, without
@@ -274,6 +274,36 @@ pub(crate) fn submit(op: Op) -> Result<(), Op> {
             }
             _ => Err(op),
         }
+    })
+}
+
+/// An empty batch buffer of at least `capacity_bytes`, registered with
+/// this thread's ring, for a batch whose writes this thread will submit
+/// (inside [`block_on`]); `None` elsewhere or when none is free.
+pub(crate) fn lease_buf(capacity_bytes: usize) -> Option<(Vec<u8>, Lease)> {
+    if !ACTIVE.get() {
+        return None;
+    }
+    RING.with(|r| {
+        r.try_borrow_mut()
+            .ok()?
+            .as_mut()?
+            .core
+            .lease(capacity_bytes)
+    })
+}
+
+/// The id of this thread's ring's buffer table (0: none, or not inside
+/// [`block_on`]).
+pub(crate) fn fixed_table_id() -> u64 {
+    if !ACTIVE.get() {
+        return 0;
+    }
+    RING.with(|r| {
+        r.try_borrow()
+            .ok()
+            .and_then(|r| r.as_ref().map(|ring| ring.core.fixed_table_id()))
+            .unwrap_or(0)
     })
 }
 

@@ -25,6 +25,7 @@ use futures::channel::oneshot;
 
 use crate::drop_behind::DropBehind;
 use crate::limits::MAX_LOG_WRITER_THREADS;
+use crate::log_buf::LogBuf;
 use crate::segment::SegmentFile;
 
 /// Appends at least this long go to a log writer thread; shorter ones cost
@@ -168,7 +169,7 @@ pub(crate) struct LogWriters {
 struct WriteOp {
     file: Arc<SegmentFile>,
     offset: u64,
-    buf: Arc<Vec<u8>>,
+    buf: Arc<LogBuf>,
     range: std::ops::Range<usize>,
     reply: oneshot::Sender<io::Result<()>>,
 }
@@ -209,7 +210,7 @@ impl LogWriters {
         &self,
         file: &Arc<SegmentFile>,
         offset: u64,
-        buf: &Arc<Vec<u8>>,
+        buf: &Arc<LogBuf>,
         range: std::ops::Range<usize>,
     ) -> io::Result<()> {
         let (reply, done) = oneshot::channel();
@@ -258,7 +259,7 @@ mod tests {
             Arc::new(SegmentFile::create(dir.path(), header).unwrap())
         };
         let (a, b) = (segment(1), segment(2));
-        let buf = Arc::new(crate::record::tests::random_bytes(64 << 10));
+        let buf = Arc::new(LogBuf::plain(crate::record::tests::random_bytes(64 << 10)));
         let at = SEGMENT_HEADER_BYTES;
         // (file, offset, range of buf): a's 0..4 KiB and 4..12 KiB continue
         // each other, 20..24 KiB leaves a gap; b gets one append.

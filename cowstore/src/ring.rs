@@ -21,6 +21,7 @@ use futures::channel::oneshot;
 use io_uring::{opcode, types, IoUring};
 
 use crate::io::{abandon, complete, prepare, Op};
+use crate::log_buf::{FixedBufs, Lease};
 
 /// The token of the armed eventfd read; operation tokens never take it.
 const WAKE_TOKEN: u64 = u64::MAX;
@@ -50,6 +51,8 @@ pub(crate) struct RingCore {
     next_token: u64,
     /// An `io_uring_enter` failed for good: nothing more goes in.
     failed: bool,
+    /// Batch buffers registered with this ring (see `log_buf.rs`).
+    fixed: Option<FixedBufs>,
 }
 
 impl RingCore {
@@ -69,7 +72,28 @@ impl RingCore {
             backlog: VecDeque::new(),
             next_token: 0,
             failed: false,
+            fixed: None,
         }
+    }
+
+    /// Gives the ring a table of registered batch buffers, where the
+    /// kernel takes one (see `log_buf.rs`).
+    pub(crate) fn register_fixed_buffers(&mut self) {
+        self.fixed = FixedBufs::register(&self.ring);
+    }
+
+    /// An empty batch buffer of at least `capacity_bytes` registered with
+    /// this ring, if one is free.
+    pub(crate) fn lease(&mut self, capacity_bytes: usize) -> Option<(Vec<u8>, Lease)> {
+        if self.failed {
+            return None;
+        }
+        self.fixed.as_mut()?.lease(&self.ring, capacity_bytes)
+    }
+
+    /// The id of this ring's buffer table (0: it has none).
+    pub(crate) fn fixed_table_id(&self) -> u64 {
+        self.fixed.as_ref().map_or(0, FixedBufs::id)
     }
 
     pub(crate) fn failed(&self) -> bool {
@@ -108,10 +132,11 @@ impl RingCore {
                 break;
             };
             let token = self.token();
-            let sqe = prepare(&op, token);
+            let sqe = prepare(&op, token, self.fixed_table_id());
             // SAFETY: the buffer an SQE points into is owned by `op`, which
             // stays in `in_flight` (its heap data unmoved) until completion,
-            // or is leaked (see `fail`).
+            // or is leaked (see `fail`). A fixed write names a buffer
+            // registered with this ring (checked by `prepare`).
             if unsafe { self.ring.submission().push(&sqe) }.is_err() {
                 self.backlog.push_front(op);
                 break;

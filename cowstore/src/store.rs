@@ -609,6 +609,13 @@ impl Store {
         self.inner.io.direct_bytes()
     }
 
+    /// Of [`Store::direct_append_bytes`], those written from buffers
+    /// registered with the writing thread's io_uring (no page pinning per
+    /// write; inside [`crate::block_on`], where the kernel allows it).
+    pub fn fixed_buffer_append_bytes(&self) -> u64 {
+        self.inner.io.fixed_bytes()
+    }
+
     /// Name of the segment I/O backend in use (`io_uring` or `blocking`).
     pub fn io_backend(&self) -> &'static str {
         self.inner.io.name()

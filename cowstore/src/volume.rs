@@ -20,6 +20,8 @@ use crate::inflight::Inflight;
 use crate::limits::{
     MAX_IO_BYTES, MAX_RECORD_DATA_BYTES, MAX_TRIM_BYTES, MAX_VOLUME_BYTES, SECTOR_BYTES,
 };
+use crate::local_ring;
+use crate::log_buf::{Lease, LogBuf};
 use crate::record::{self, RecordHeader, RecordKind, RECORD_HEADER_BYTES};
 use crate::segment::{SegmentFile, DIRECT_ALIGN_BYTES};
 use crate::store::StoreInner;
@@ -53,7 +55,7 @@ pub(crate) struct VolState {
 
 /// A record still on its way to disk: readers take its bytes from here.
 struct PendingRecord {
-    buf: Arc<Vec<u8>>,
+    buf: Arc<LogBuf>,
     /// Offset of the record header within `buf`.
     at: usize,
 }
@@ -252,6 +254,8 @@ struct Batch {
     /// everything before this batch is in sealed, uploadable segments.
     seal_first: bool,
     buf: Vec<u8>,
+    /// The registered buffer `buf` came from, if any (see `log_buf.rs`).
+    lease: Option<Lease>,
     /// Where the first record starts in `buf` (see [`Batch::aligned`]).
     start: usize,
     /// (offset of the record in `buf`, its length, its map effect)
@@ -264,9 +268,14 @@ impl Batch {
     /// pad, so that it can go to a reused segment with `O_DIRECT` as it is
     /// (the kernel wants the memory aligned too). Should it grow past that
     /// and move, its writes are buffered instead: slower, just as correct.
+    /// Inside a queue worker's `block_on` the memory is one of its ring's
+    /// registered buffers when one fits and is free (see `log_buf.rs`).
     fn aligned(capacity: usize) -> Self {
         let room = capacity + 2 * record::PAGE_BYTES;
-        let mut buf = Vec::<u8>::with_capacity(room + DIRECT_ALIGN_BYTES);
+        let (mut buf, lease) = match local_ring::lease_buf(room + DIRECT_ALIGN_BYTES) {
+            Some((buf, lease)) => (buf, Some(lease)),
+            None => (Vec::with_capacity(room + DIRECT_ALIGN_BYTES), None),
+        };
         let start = match buf.as_ptr().align_offset(DIRECT_ALIGN_BYTES) {
             skip if skip < DIRECT_ALIGN_BYTES => skip,
             _ => 0,
@@ -274,6 +283,7 @@ impl Batch {
         buf.resize(start, 0);
         Batch {
             buf,
+            lease,
             start,
             ..Batch::default()
         }
@@ -311,13 +321,13 @@ fn stamp_seq(buf: &mut [u8], at: usize, seq: u64) {
 struct WriteIo {
     segment: Arc<SegmentFile>,
     offset: u64,
-    buf: Arc<Vec<u8>>,
+    buf: Arc<LogBuf>,
     range: std::ops::Range<usize>,
 }
 
 /// Where the bytes of one mapped piece come from.
 pub(crate) enum Source {
-    Pending(Arc<Vec<u8>>, usize),
+    Pending(Arc<LogBuf>, usize),
     Segment(Arc<SegmentFile>),
     /// Only in the object store: read through the local cache.
     Remote(u64),
@@ -807,7 +817,10 @@ impl Volume {
                     .store((avg * 7 + this) / 8, Ordering::Relaxed);
             }
             let last_seq = st.next_seq - 1;
-            let buf = Arc::new(std::mem::take(&mut batch.buf));
+            let buf = Arc::new(LogBuf::new(
+                std::mem::take(&mut batch.buf),
+                batch.lease.take(),
+            ));
             let mut pending_keys = Vec::new();
             {
                 let mut pending = v.pending.lock();
@@ -859,7 +872,7 @@ impl Volume {
                 ios.push(WriteIo {
                     segment,
                     offset,
-                    buf: Arc::new(seal),
+                    buf: Arc::new(LogBuf::plain(seal)),
                     range: 0..len,
                 });
             }

@@ -810,6 +810,17 @@ fn reused_segments_case(appends: Appends) {
             direct_bytes >= 4 * WRITE as u64,
             "{appends:?}: only {direct_bytes} bytes went direct"
         );
+        // The thread's own ring writes from its registered buffers; the
+        // ring thread never does.
+        let fixed_bytes = store.fixed_buffer_append_bytes();
+        if appends == Appends::DirectOwnRing {
+            assert!(
+                fixed_bytes >= 4 * WRITE as u64,
+                "{appends:?}: only {fixed_bytes} of {direct_bytes} direct bytes were fixed writes"
+            );
+        } else {
+            assert_eq!(fixed_bytes, 0, "{appends:?}");
+        }
     } else {
         eprintln!(
             "note: no O_DIRECT on {}; appends were buffered",
