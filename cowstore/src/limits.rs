@@ -26,6 +26,16 @@ pub const MAX_TRIM_BYTES: u64 = 1 << 40;
 /// record's checksum) and the unit of compression.
 pub const MAX_RECORD_DATA_BYTES: usize = 64 << 10;
 
+/// Data bytes a caller should put in one [`crate::Volume::write_many`]:
+/// 512 KiB, four 128 KiB writes. A batch up to this size (and
+/// [`MAX_BATCH_WRITES`]) fits a queue worker's registered buffer (see
+/// `log_buf.rs`); past it a batch still works, with plain memory.
+pub const MAX_BATCH_DATA_BYTES: usize = 512 << 10;
+
+/// Writes a caller should put in one [`crate::Volume::write_many`]: each
+/// costs at least a record header and checksum table in the batch buffer.
+pub const MAX_BATCH_WRITES: usize = 64;
+
 /// Names of volumes and snapshots: 1..=128 bytes of `[A-Za-z0-9._@-]`,
 /// not starting with `.`, `-` or `@` (`vol@snap` is the usual snapshot name).
 pub const MAX_NAME_BYTES: usize = 128;

@@ -32,17 +32,27 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-/// Registered buffers per thread ring: a queue worker's writes in flight at
-/// once (the virtqueue depth a guest uses for large writes is 1-32); more
-/// take plain memory. With [`FIXED_SLOT_BYTES`] it bounds the memory a
-/// ring pins to 4.25 MiB, under the 8 MiB `RLIMIT_MEMLOCK` a non-root
-/// daemon usually has (registered pages count against it).
-pub(crate) const FIXED_SLOTS: u16 = 16;
+use crate::limits::{MAX_BATCH_DATA_BYTES, MAX_BATCH_WRITES};
+use crate::record::{PAGE_BYTES, RECORD_HEADER_BYTES};
 
-/// One registered buffer: a 256 KiB write with its record headers, block
-/// checksum tables, pad and alignment room (16 KiB covers them). Larger
-/// writes are rarer and cost the kernel's page pinning again.
-pub(crate) const FIXED_SLOT_BYTES: usize = (256 + 16) << 10;
+/// Registered buffers per thread ring: a queue worker's batches in flight
+/// at once (a guest's large writes at depth 8 make 2-4 batches of
+/// [`crate::Volume::write_many`]); more take plain memory. With
+/// [`FIXED_SLOT_BYTES`] it bounds the memory a ring pins to 4.25 MiB, under
+/// the 8 MiB `RLIMIT_MEMLOCK` a non-root daemon usually has (registered
+/// pages count against it).
+pub(crate) const FIXED_SLOTS: u16 = 8;
+
+/// One registered buffer: a batch of [`MAX_BATCH_DATA_BYTES`] in up to
+/// [`MAX_BATCH_WRITES`] writes, with their record headers and block
+/// checksum tables (at most 132 bytes a 64 KiB record or a smaller write),
+/// pad and alignment room.
+pub(crate) const FIXED_SLOT_BYTES: usize = MAX_BATCH_DATA_BYTES + (32 << 10);
+
+const _: () = assert!(
+    MAX_BATCH_WRITES * (2 * RECORD_HEADER_BYTES + 64) + 3 * PAGE_BYTES
+        <= FIXED_SLOT_BYTES - MAX_BATCH_DATA_BYTES
+);
 
 /// Tells rings apart, so that a buffer is named only in the ring it is
 /// registered with. Never 0 (0: a ring without registered buffers).

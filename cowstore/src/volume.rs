@@ -381,6 +381,14 @@ pub(crate) fn check_range(
     }
 }
 
+/// Room in a batch for the records of a write of `len_bytes`: the data
+/// and, per record, a header and a block checksum table.
+fn batch_capacity(len_bytes: usize) -> usize {
+    let chunk_count = len_bytes.div_ceil(MAX_RECORD_DATA_BYTES);
+    len_bytes
+        + chunk_count * (RECORD_HEADER_BYTES + record::block_crc_table_bytes(MAX_RECORD_DATA_BYTES))
+}
+
 impl Volume {
     pub fn name(&self) -> &str {
         &self.inner.name
@@ -440,15 +448,93 @@ impl Volume {
             len_bytes,
             MAX_IO_BYTES,
         )?;
-        let len_bytes = len_bytes as usize; // at most MAX_IO_BYTES
+        let mut batch = Batch::aligned(batch_capacity(len_bytes as usize));
+        self.encode_write(&mut batch, offset_bytes, len_bytes as usize, &mut fill)?;
+        self.append(batch, |_, _| {}).await.map(drop)
+    }
+
+    /// Several [`Volume::write_from`]s as one batch: their records go to
+    /// the log back to back, in the order given, with one write I/O (one
+    /// page pad in a reused segment, one submission, one completion). Each
+    /// write is still applied whole or not at all by recovery, and a later
+    /// one wins where two overlap. A write whose range is refused or whose
+    /// `fill` fails gets its own error and leaves the others alone; an I/O
+    /// failure fails them all (and the volume, as for any write). The
+    /// result for each write, in order. Keep a batch to
+    /// [`crate::limits::MAX_BATCH_DATA_BYTES`] and
+    /// [`crate::limits::MAX_BATCH_WRITES`]: larger ones work,
+    /// without a registered buffer.
+    pub async fn write_many<F>(&self, writes: Vec<(u64, u64, F)>) -> Vec<Result<()>>
+    where
+        F: FnMut(&mut Vec<u8>, usize) -> std::result::Result<(), String>,
+    {
+        let mut results: Vec<Result<()>> = Vec::with_capacity(writes.len());
+        let size_bytes = self.size_bytes();
+        let capacity = writes
+            .iter()
+            .map(|&(_, len, _)| batch_capacity(len.min(MAX_IO_BYTES) as usize))
+            .sum();
+        let mut batch = Batch::aligned(capacity);
+        let mut logged = Vec::with_capacity(writes.len());
+        for (i, (offset_bytes, len_bytes, mut fill)) in writes.into_iter().enumerate() {
+            let encoded = check_range(
+                &self.inner.name,
+                size_bytes,
+                offset_bytes,
+                len_bytes,
+                MAX_IO_BYTES,
+            )
+            .and_then(|()| {
+                self.encode_write(&mut batch, offset_bytes, len_bytes as usize, &mut fill)
+            });
+            if encoded.is_ok() {
+                logged.push(i);
+            }
+            results.push(encoded);
+        }
+        if logged.is_empty() {
+            return results;
+        }
+        if let Err(e) = self.append(batch, |_, _| {}).await {
+            let why = e.to_string();
+            let mut first = Some(e);
+            for &i in &logged {
+                results[i] = Err(first.take().unwrap_or_else(|| {
+                    Error::io(&self.inner.name, std::io::Error::other(why.clone()))
+                }));
+            }
+        }
+        results
+    }
+
+    /// Appends the records of one write (checked by the caller) to `batch`.
+    /// If `fill` fails, or gives other than what it was asked for, the
+    /// batch is left as it was and the write fails.
+    fn encode_write(
+        &self,
+        batch: &mut Batch,
+        offset_bytes: u64,
+        len_bytes: usize,
+        fill: &mut impl FnMut(&mut Vec<u8>, usize) -> std::result::Result<(), String>,
+    ) -> Result<()> {
+        let (buf_before, records_before) = (batch.buf.len(), batch.records.len());
+        let encoded = self.encode_write_records(batch, offset_bytes, len_bytes, fill);
+        if encoded.is_err() {
+            batch.buf.truncate(buf_before);
+            batch.records.truncate(records_before);
+        }
+        encoded
+    }
+
+    fn encode_write_records(
+        &self,
+        batch: &mut Batch,
+        offset_bytes: u64,
+        len_bytes: usize,
+        fill: &mut impl FnMut(&mut Vec<u8>, usize) -> std::result::Result<(), String>,
+    ) -> Result<()> {
         let first_lba = offset_bytes / SECTOR_BYTES;
         let chunk_count = len_bytes.div_ceil(MAX_RECORD_DATA_BYTES);
-        // One allocation for the whole write: headers, data, block tables.
-        let mut batch = Batch::aligned(
-            len_bytes
-                + chunk_count
-                    * (RECORD_HEADER_BYTES + record::block_crc_table_bytes(MAX_RECORD_DATA_BYTES)),
-        );
         for i in 0..chunk_count {
             let chunk_start = i * MAX_RECORD_DATA_BYTES;
             let chunk_len = MAX_RECORD_DATA_BYTES.min(len_bytes - chunk_start);
@@ -530,7 +616,7 @@ impl Volume {
                 .records
                 .push((at, batch.buf.len() - at, MapEffect::Map { lba, extent }));
         }
-        self.append(batch, |_, _| {}).await.map(drop)
+        Ok(())
     }
 
     /// Makes every write that completed before this call durable: in the

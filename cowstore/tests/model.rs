@@ -39,6 +39,11 @@ enum Op {
         len: u16,
         fill: Fill,
     },
+    /// Several writes as one batch (`Volume::write_many`).
+    WriteMany {
+        slot: u8,
+        writes: Vec<(u16, u16, Fill)>,
+    },
     Read {
         slot: u8,
         at: u16,
@@ -101,6 +106,8 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         3 => (slot.clone(), 1..MAX_VOLUME_SECTORS as u16).prop_map(|(slot, sectors)| Op::Create { slot, sectors }),
         20 => (slot.clone(), any::<u16>(), 1..300u16, fill_strategy())
             .prop_map(|(slot, at, len, fill)| Op::Write { slot, at, len, fill }),
+        6 => (slot.clone(), proptest::collection::vec((any::<u16>(), 1..300u16, fill_strategy()), 1..5))
+            .prop_map(|(slot, writes)| Op::WriteMany { slot, writes }),
         8 => (slot.clone(), any::<u16>(), 1..300u16).prop_map(|(slot, at, len)| Op::Read { slot, at, len }),
         5 => slot.clone().prop_map(|slot| Op::Flush { slot }),
         3 => (slot.clone(), any::<u16>(), 1..300u16).prop_map(|(slot, at, len)| Op::Discard { slot, at, len }),
@@ -267,6 +274,40 @@ impl Harness {
                 block_on(v.write(off, &data)).unwrap();
                 m.data[off as usize..(off + len) as usize].copy_from_slice(&data);
                 m.changed();
+            }
+            Op::WriteMany { slot, ref writes } => {
+                let Some(m) = self.volumes[slot as usize].as_mut() else {
+                    return;
+                };
+                let writes: Vec<(u64, Vec<u8>)> = writes
+                    .iter()
+                    .map(|(at, len, fill)| {
+                        let (off, len) = clamp(m.data.len() as u64, *at, *len);
+                        (off, make_data(fill, len as usize))
+                    })
+                    .collect();
+                let v = self.store.as_ref().unwrap().volume(&m.name).unwrap();
+                let batch = writes
+                    .iter()
+                    .map(|(off, data)| {
+                        let mut rest = &data[..];
+                        let fill = move |out: &mut Vec<u8>, n: usize| {
+                            let (chunk, tail) = rest.split_at(n);
+                            out.extend_from_slice(chunk);
+                            rest = tail;
+                            Ok(())
+                        };
+                        (*off, data.len() as u64, fill)
+                    })
+                    .collect();
+                for result in block_on(v.write_many(batch)) {
+                    result.unwrap();
+                }
+                // In order: a crash may keep any prefix of the batch's writes.
+                for (off, data) in &writes {
+                    m.data[*off as usize..*off as usize + data.len()].copy_from_slice(data);
+                    m.changed();
+                }
             }
             Op::Read { slot, at, len } => {
                 let Some(m) = self.volumes[slot as usize].as_ref() else {

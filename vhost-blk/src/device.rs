@@ -36,7 +36,10 @@ use vmm_sys_util::event::{
 use crate::export::{Export, Stats, MAX_DISCARD_SEG, SEG_MAX, SIZE_MAX};
 use crate::inflight::QueueInflight;
 use crate::poll::Poller;
-use crate::request::{parse, Limits, Request, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK};
+use crate::request::{
+    parse, Limits, Parsed, Rejected, Request, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
+};
+use cowstore::limits::{MAX_BATCH_DATA_BYTES, MAX_BATCH_WRITES};
 
 /// Ring size the device accepts at most.
 pub const MAX_QUEUE_SIZE: usize = 256;
@@ -114,6 +117,23 @@ fn mutates(descs: &[Descriptor], mem: &GuestMem) -> bool {
             | crate::request::VIRTIO_BLK_T_DISCARD
             | crate::request::VIRTIO_BLK_T_WRITE_ZEROES)
     )
+}
+
+/// Work for a pipeline (see [`BlkBackend::plan`]).
+enum Job {
+    /// One chain, parsed or refused.
+    One(u16, Result<Parsed, Rejected>),
+    /// Writes run as one engine batch.
+    Writes(Vec<WriteJob>),
+}
+
+/// A checked write request of a [`Job::Writes`].
+struct WriteJob {
+    head: u16,
+    sector: u64,
+    len: u32,
+    data: Vec<crate::request::Buffer>,
+    status: GuestAddress,
 }
 
 /// The most requests one pipeline takes from a ring before it drains
@@ -569,14 +589,11 @@ impl BlkBackend {
         use futures::FutureExt;
         use std::os::fd::AsRawFd;
         use std::task::Poll;
-        let run = |(head, descs): (u16, Vec<Descriptor>)| async move {
-            let used_len = self.execute(&descs, mem).await;
-            (head, used_len)
-        };
+        let run = |job: Job| async move { self.run_job(job, mem).await };
         let mut taken = batch.len();
         let mut wrote = batch.iter().any(|(_, descs)| mutates(descs, mem));
         Stats::add(&self.export.stats.pipelined, taken as u64);
-        let mut running: FuturesUnordered<_> = batch.into_iter().map(run).collect();
+        let mut running: FuturesUnordered<_> = self.plan(batch, mem).into_iter().map(run).collect();
         // Notifications stay on while the pipeline runs, and the kick
         // eventfd wakes it (a duplicate, so that it outlives the poll): a
         // chain the driver adds then starts at once. Looked for only after
@@ -611,7 +628,7 @@ impl BlkBackend {
                         taken += popped.len();
                         wrote |= popped.iter().any(|(_, descs)| mutates(descs, mem));
                         Stats::add(&self.export.stats.pipelined, popped.len() as u64);
-                        running.extend(popped.into_iter().map(run));
+                        running.extend(self.plan(popped, mem).into_iter().map(run));
                     }
                     if kicked.is_none() {
                         kicked = kick.as_ref().map(|k| cowstore::readable(k.as_raw_fd()));
@@ -637,9 +654,9 @@ impl BlkBackend {
                     }
                     continue;
                 };
-                let mut done = vec![first];
+                let mut done = first;
                 while let Some(Some(more)) = running.next().now_or_never() {
-                    done.push(more);
+                    done.extend(more);
                 }
                 for (head, used_len) in done.iter().copied() {
                     self.complete(vring, inflight, head, used_len)?;
@@ -659,8 +676,119 @@ impl BlkBackend {
     /// Parses and runs one chain; returns the used length (bytes written
     /// into guest buffers, status byte included).
     pub async fn execute(&self, descs: &[Descriptor], mem: &GuestMem) -> u32 {
+        self.finish(parse(descs, mem, &self.limits), mem).await
+    }
+
+    /// Parses the chains of one take from the ring into the jobs of a
+    /// pipeline: the writes among them become batches of
+    /// [`cowstore::Volume::write_many`] (up to the engine's batch limits),
+    /// everything else runs alone. A batch costs the engine one log write
+    /// where its writes each cost one (with one page pad each in a reused
+    /// segment, 3% of a 128 KiB write and half of a 4 KiB one), and the
+    /// guest's writes at depth arrive several at a time.
+    fn plan(&self, chains: Vec<(u16, Vec<Descriptor>)>, mem: &GuestMem) -> Vec<Job> {
+        let mut jobs = Vec::with_capacity(chains.len());
+        let mut writes: Vec<WriteJob> = Vec::new();
+        let mut writes_bytes = 0usize;
+        for (head, descs) in chains {
+            let parsed = parse(&descs, mem, &self.limits);
+            let write = match parsed {
+                Ok(Parsed {
+                    request: Request::Write { sector, len, data },
+                    status,
+                }) if (len as usize) <= MAX_BATCH_DATA_BYTES => WriteJob {
+                    head,
+                    sector,
+                    len,
+                    data,
+                    status,
+                },
+                other => {
+                    jobs.push(Job::One(head, other));
+                    continue;
+                }
+            };
+            if writes.len() == MAX_BATCH_WRITES
+                || writes_bytes + write.len as usize > MAX_BATCH_DATA_BYTES
+            {
+                writes_bytes = 0;
+                jobs.push(Job::Writes(std::mem::take(&mut writes)));
+            }
+            writes_bytes += write.len as usize;
+            writes.push(write);
+        }
+        if !writes.is_empty() {
+            jobs.push(Job::Writes(writes));
+        }
+        jobs
+    }
+
+    /// Runs one job of a pipeline; returns each chain's used length.
+    async fn run_job(&self, job: Job, mem: &GuestMem) -> Vec<(u16, u32)> {
+        match job {
+            Job::One(head, parsed) => vec![(head, self.finish(parsed, mem).await)],
+            Job::Writes(writes) => self.run_writes(writes, mem).await,
+        }
+    }
+
+    /// Runs checked writes as one engine batch and reports each to the
+    /// guest: a write fails alone when its data cannot be taken, all fail
+    /// when the log write does.
+    async fn run_writes(&self, writes: Vec<WriteJob>, mem: &GuestMem) -> Vec<(u16, u32)> {
         let stats = &self.export.stats;
-        match parse(descs, mem, &self.limits) {
+        let target = &self.export.target;
+        Stats::add(&stats.writes, writes.len() as u64);
+        let mut results: Vec<Result<(), String>> = Vec::with_capacity(writes.len());
+        let mut batch = Vec::with_capacity(writes.len());
+        let mut in_batch = Vec::with_capacity(writes.len());
+        for (i, w) in writes.iter().enumerate() {
+            match GuestData::new(w.len, &w.data, mem) {
+                Err(e) => results.push(Err(e)),
+                Ok(mut guest) => {
+                    results.push(Ok(()));
+                    in_batch.push(i);
+                    let fill = move |out: &mut Vec<u8>, n: usize| guest.take(out, n);
+                    batch.push((Request::offset_bytes(w.sector), u64::from(w.len), fill));
+                }
+            }
+        }
+        if batch.len() > 1 {
+            Stats::add(&stats.write_batches, 1);
+            Stats::add(&stats.batched_writes, batch.len() as u64);
+        }
+        if !batch.is_empty() {
+            for (i, r) in in_batch.into_iter().zip(target.write_many(batch).await) {
+                results[i] = r.map_err(|e| e.to_string());
+            }
+        }
+        writes
+            .iter()
+            .zip(results)
+            .map(|(w, result)| {
+                let status = match result {
+                    Ok(()) => {
+                        Stats::add(&stats.bytes_written, u64::from(w.len));
+                        VIRTIO_BLK_S_OK
+                    }
+                    Err(error) => {
+                        Stats::add(&stats.io_errors, 1);
+                        warn!(export = target.name(), kind = "write", %error, "request failed");
+                        VIRTIO_BLK_S_IOERR
+                    }
+                };
+                let used_len = match mem.write_obj(status, w.status) {
+                    Ok(()) => 1,
+                    Err(_) => 0,
+                };
+                (w.head, used_len)
+            })
+            .collect()
+    }
+
+    /// Runs a parsed (or refused) chain; returns its used length.
+    async fn finish(&self, parsed: Result<Parsed, Rejected>, mem: &GuestMem) -> u32 {
+        let stats = &self.export.stats;
+        match parsed {
             Err(rejected) => {
                 stats.reject(rejected.error.code());
                 debug!(export = self.export.target.name(), error = %rejected.error, "request refused");
@@ -1237,6 +1365,71 @@ mod tests {
         assert_eq!(stats.in_flight, 0);
         assert_eq!(stats.pipelined, 10, "the lone write ran closed");
         assert!(stats.batches >= 4, "{} batches", stats.batches);
+    }
+
+    /// The writes of one take run as one engine batch, in ring order (the
+    /// later of two to one sector wins), a refused chain among them alone;
+    /// every chain gets its status.
+    #[test]
+    fn writes_of_one_take_run_as_one_batch() {
+        use virtio_queue::mock::MockSplitQueue;
+
+        let (_dir, backend, _) = setup();
+        let mem = GuestMem::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
+        let vq = MockSplitQueue::new(&mem, 16);
+        let vring = vring_on(&backend, &mem, &vq);
+        vring.set_queue_ready(true);
+        vring.set_enabled(true);
+        let mut hostile = write_chain(&mem, 9, 3, 40, 0x99);
+        // Its data buffer ends past guest memory: refused at parse.
+        hostile[1] = Descriptor::new((4 << 20) - 100, 4096, NEXT, 11).into();
+        let chains = [
+            write_chain(&mem, 0, 0, 0, 0x11),
+            write_chain(&mem, 3, 1, 8, 0x22),
+            write_chain(&mem, 6, 2, 0, 0x33),
+            hostile,
+            write_chain(&mem, 12, 4, 16, 0x44),
+        ];
+        let descs: Vec<_> = chains.iter().flatten().copied().collect();
+        vq.add_desc_chains(&descs, 0).unwrap();
+        backend.serve(0, &vring).unwrap();
+        assert_eq!(vq.used().idx().load(), 5);
+        for (k, want) in [
+            (0, VIRTIO_BLK_S_OK),
+            (1, VIRTIO_BLK_S_OK),
+            (2, VIRTIO_BLK_S_OK),
+            (4, VIRTIO_BLK_S_OK),
+        ] {
+            let status: u8 = mem.read_obj(GuestAddress(0x30_0000 + k)).unwrap();
+            assert_eq!(status, want, "chain {k}");
+        }
+        let status: u8 = mem.read_obj(GuestAddress(0x30_0000 + 3)).unwrap();
+        assert_ne!(status, VIRTIO_BLK_S_OK, "the hostile chain");
+        let vol_read = |sector: u64| {
+            let mut out = vec![0u8; 4096];
+            futures::executor::block_on(backend.export.target.read_into(sector * 512, &mut out))
+                .unwrap();
+            out
+        };
+        assert_eq!(vol_read(0), vec![0x33; 4096], "the later write wins");
+        assert_eq!(vol_read(8), vec![0x22; 4096]);
+        assert_eq!(vol_read(16), vec![0x44; 4096]);
+        assert_eq!(
+            vol_read(40),
+            vec![0; 4096],
+            "the refused write wrote nothing"
+        );
+        let stats = backend.export.stats.snapshot();
+        assert_eq!(
+            (stats.write_batches, stats.batched_writes),
+            (1, 4),
+            "{stats:?}"
+        );
+        assert_eq!(
+            (stats.writes, stats.rejected, stats.in_flight),
+            (4, 1, 0),
+            "{stats:?}"
+        );
     }
 
     /// A backend killed with chains in flight, the used ring updated for

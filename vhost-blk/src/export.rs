@@ -72,6 +72,18 @@ impl Target {
         }
     }
 
+    /// Several writes as one batch ([`cowstore::Volume::write_many`]); a
+    /// snapshot refuses each.
+    pub async fn write_many<F>(&self, writes: Vec<(u64, u64, F)>) -> Vec<cowstore::Result<()>>
+    where
+        F: FnMut(&mut Vec<u8>, usize) -> Result<(), String>,
+    {
+        match self {
+            Target::Volume(v) => v.write_many(writes).await,
+            Target::Snapshot(_) => writes.iter().map(|_| Err(self.read_only_error())).collect(),
+        }
+    }
+
     pub async fn flush(&self) -> cowstore::Result<()> {
         match self {
             Target::Volume(v) => v.flush().await,
@@ -120,6 +132,10 @@ pub struct Stats {
     /// Requests run in a pipeline (every pop of more than one chain)
     /// rather than alone.
     pub pipelined: AtomicU64,
+    /// Engine batches of several writes of one take from the ring, and the
+    /// writes in them (see `BlkBackend::plan`).
+    pub write_batches: AtomicU64,
+    pub batched_writes: AtomicU64,
     /// Polls after a write pass that found new chains, and that gave up.
     pub poll_hits: AtomicU64,
     pub poll_misses: AtomicU64,
@@ -146,6 +162,10 @@ pub struct StatsReport {
     pub in_flight: u64,
     #[serde(default)]
     pub pipelined: u64,
+    #[serde(default)]
+    pub write_batches: u64,
+    #[serde(default)]
+    pub batched_writes: u64,
     #[serde(default)]
     pub poll_hits: u64,
     #[serde(default)]
@@ -181,6 +201,8 @@ impl Stats {
             connections: g(&self.connections),
             in_flight: g(&self.in_flight),
             pipelined: g(&self.pipelined),
+            write_batches: g(&self.write_batches),
+            batched_writes: g(&self.batched_writes),
             poll_hits: g(&self.poll_hits),
             poll_misses: g(&self.poll_misses),
             rejected_by_cause: self
