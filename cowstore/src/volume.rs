@@ -477,6 +477,7 @@ impl Volume {
         let mut batch = Batch::aligned(capacity);
         let mut logged = Vec::with_capacity(writes.len());
         for (i, (offset_bytes, len_bytes, mut fill)) in writes.into_iter().enumerate() {
+            let (buf_before, records_before) = (batch.buf.len(), batch.records.len());
             let encoded = check_range(
                 &self.inner.name,
                 size_bytes,
@@ -487,8 +488,12 @@ impl Volume {
             .and_then(|()| {
                 self.encode_write(&mut batch, offset_bytes, len_bytes as usize, &mut fill)
             });
-            if encoded.is_ok() {
-                logged.push(i);
+            match encoded {
+                Ok(()) => logged.push(i),
+                Err(_) => {
+                    batch.buf.truncate(buf_before);
+                    batch.records.truncate(records_before);
+                }
             }
             results.push(encoded);
         }
@@ -509,24 +514,9 @@ impl Volume {
 
     /// Appends the records of one write (checked by the caller) to `batch`.
     /// If `fill` fails, or gives other than what it was asked for, the
-    /// batch is left as it was and the write fails.
+    /// write fails, leaving part of its records in `batch`: the caller
+    /// drops the batch or cuts it back.
     fn encode_write(
-        &self,
-        batch: &mut Batch,
-        offset_bytes: u64,
-        len_bytes: usize,
-        fill: &mut impl FnMut(&mut Vec<u8>, usize) -> std::result::Result<(), String>,
-    ) -> Result<()> {
-        let (buf_before, records_before) = (batch.buf.len(), batch.records.len());
-        let encoded = self.encode_write_records(batch, offset_bytes, len_bytes, fill);
-        if encoded.is_err() {
-            batch.buf.truncate(buf_before);
-            batch.records.truncate(records_before);
-        }
-        encoded
-    }
-
-    fn encode_write_records(
         &self,
         batch: &mut Batch,
         offset_bytes: u64,

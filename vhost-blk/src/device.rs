@@ -1206,6 +1206,26 @@ mod tests {
         vring
     }
 
+    /// [`vring_on`], ready and enabled.
+    fn serving_vring_on(
+        backend: &BlkBackend,
+        mem: &GuestMem,
+        vq: &virtio_queue::mock::MockSplitQueue<GuestMem>,
+    ) -> VringRwLock {
+        let vring = vring_on(backend, mem, vq);
+        vring.set_queue_ready(true);
+        vring.set_enabled(true);
+        vring
+    }
+
+    /// 4 KiB of the backend's volume at `sector`, read through the engine.
+    fn volume_block(backend: &BlkBackend, sector: u64) -> Vec<u8> {
+        let mut out = vec![0u8; 4096];
+        futures::executor::block_on(backend.export.target.read_into(sector * 512, &mut out))
+            .unwrap();
+        out
+    }
+
     /// With EVENT_IDX, a stopped connection's worker leaves `serve` although
     /// chains wait in the ring (it once asked the ring for "more" forever,
     /// so cowstored never exited on SIGTERM under load).
@@ -1311,9 +1331,7 @@ mod tests {
         let (_dir, backend, _) = setup();
         let mem = GuestMem::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
         let vq = MockSplitQueue::new(&mem, 16);
-        let vring = vring_on(&backend, &mem, &vq);
-        vring.set_queue_ready(true);
-        vring.set_enabled(true);
+        let vring = serving_vring_on(&backend, &mem, &vq);
         let serve = |heads: &[[virtio_queue::desc::RawDescriptor; 3]]| {
             let descs: Vec<_> = heads.iter().flatten().copied().collect();
             vq.add_desc_chains(&descs, 0).unwrap();
@@ -1350,12 +1368,7 @@ mod tests {
         ];
         serve(&mixed);
         assert_eq!(vq.used().idx().load(), 10);
-        let vol_read = |sector: u64| {
-            let mut out = vec![0u8; 4096];
-            futures::executor::block_on(backend.export.target.read_into(sector * 512, &mut out))
-                .unwrap();
-            out
-        };
+        let vol_read = |sector: u64| volume_block(&backend, sector);
         assert_eq!(vol_read(16), vec![0x33; 4096]);
         // A lone write: a closed batch of one.
         serve(&[write_chain(&mem, 0, 3, 24, 0x44)]);
@@ -1377,9 +1390,7 @@ mod tests {
         let (_dir, backend, _) = setup();
         let mem = GuestMem::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
         let vq = MockSplitQueue::new(&mem, 16);
-        let vring = vring_on(&backend, &mem, &vq);
-        vring.set_queue_ready(true);
-        vring.set_enabled(true);
+        let vring = serving_vring_on(&backend, &mem, &vq);
         let mut hostile = write_chain(&mem, 9, 3, 40, 0x99);
         // Its data buffer ends past guest memory: refused at parse.
         hostile[1] = Descriptor::new((4 << 20) - 100, 4096, NEXT, 11).into();
@@ -1405,12 +1416,7 @@ mod tests {
         }
         let status: u8 = mem.read_obj(GuestAddress(0x30_0000 + 3)).unwrap();
         assert_ne!(status, VIRTIO_BLK_S_OK, "the hostile chain");
-        let vol_read = |sector: u64| {
-            let mut out = vec![0u8; 4096];
-            futures::executor::block_on(backend.export.target.read_into(sector * 512, &mut out))
-                .unwrap();
-            out
-        };
+        let vol_read = |sector: u64| volume_block(&backend, sector);
         assert_eq!(vol_read(0), vec![0x33; 4096], "the later write wins");
         assert_eq!(vol_read(8), vec![0x22; 4096]);
         assert_eq!(vol_read(16), vec![0x44; 4096]);

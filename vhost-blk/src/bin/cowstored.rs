@@ -46,12 +46,13 @@ struct Args {
     poll_after_write: std::time::Duration,
     segment_pool_bytes: u64,
     direct_appends: bool,
+    checkpoint_interval_bytes: u64,
 }
 
 fn usage() -> &'static str {
     "usage: cowstored --store DIR --control SOCK [--queues N] [--log-json] [--io auto|uring|blocking] \
      [--drop-behind-bytes N|off] [--log-writers N] [--poll-after-write-us US] \
-     [--segment-pool-bytes N] [--buffered-appends] [--create NAME=SIZE_BYTES]... [--attach NAME=SOCKET]... [--attach-snapshot NAME=SOCKET]... \
+     [--segment-pool-bytes N] [--buffered-appends] [--checkpoint-interval-bytes N] [--create NAME=SIZE_BYTES]... [--attach NAME=SOCKET]... [--attach-snapshot NAME=SOCKET]... \
      [--gc-interval-ms MS] [--gc-growth-percent P] [--gc-min-growth-bytes N] \
      [--gc-busy-growth-bytes N] [--gc-hunger-growth-bytes N] [--gc-pool-low-percent P] \
      [--gc-low-free-percent P]"
@@ -71,6 +72,7 @@ fn parse_args() -> Result<Args> {
     let mut poll_after_write = vhost_blk::export::DEFAULT_POLL_AFTER_WRITE;
     let mut segment_pool_bytes = cowstore::StoreConfig::default().segment_pool_bytes;
     let mut direct_appends = cowstore::StoreConfig::default().direct_appends;
+    let mut checkpoint_interval_bytes = cowstore::StoreConfig::default().checkpoint_interval_bytes;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = || {
@@ -131,6 +133,16 @@ fn parse_args() -> Result<Args> {
                 segment_pool_bytes = value()?.parse().context("--segment-pool-bytes")?
             }
             "--buffered-appends" => direct_appends = false,
+            "--checkpoint-interval-bytes" => {
+                checkpoint_interval_bytes =
+                    value()?.parse().context("--checkpoint-interval-bytes")?;
+                if checkpoint_interval_bytes < cowstore::limits::MIN_SEGMENT_BYTES {
+                    bail!(
+                        "--checkpoint-interval-bytes must be at least {}, got {checkpoint_interval_bytes}",
+                        cowstore::limits::MIN_SEGMENT_BYTES
+                    );
+                }
+            }
             "--gc-interval-ms" => {
                 let ms: u64 = value()?.parse().context("--gc-interval-ms")?;
                 cleaner.interval = std::time::Duration::from_millis(ms);
@@ -188,6 +200,7 @@ fn parse_args() -> Result<Args> {
         poll_after_write,
         segment_pool_bytes,
         direct_appends,
+        checkpoint_interval_bytes,
     })
 }
 
@@ -252,6 +265,7 @@ fn main() -> Result<()> {
         log_writer_threads: args.log_writer_threads,
         segment_pool_bytes: args.segment_pool_bytes,
         direct_appends: args.direct_appends,
+        checkpoint_interval_bytes: args.checkpoint_interval_bytes,
         ..Default::default()
     };
     let store = cowstore::Store::open_or_create(&args.store, config)
