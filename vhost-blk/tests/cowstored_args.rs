@@ -16,15 +16,24 @@ fn refused(args: &[&str], names: &str) {
         .expect("cowstored runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{args:?} was accepted");
-    assert!(stderr.contains(names), "{args:?}: stderr does not name {names:?}: {stderr}");
+    assert!(
+        stderr.contains(names),
+        "{args:?}: stderr does not name {names:?}: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     assert!(!store.exists(), "{args:?} created the store");
 }
 
 #[test]
 fn bad_arguments_are_refused_by_name() {
-    refused(&["--checkpoint-interval-bytes", "4096"], "--checkpoint-interval-bytes");
-    refused(&["--checkpoint-interval-bytes", "lots"], "--checkpoint-interval-bytes");
+    refused(
+        &["--checkpoint-interval-bytes", "4096"],
+        "--checkpoint-interval-bytes",
+    );
+    refused(
+        &["--checkpoint-interval-bytes", "lots"],
+        "--checkpoint-interval-bytes",
+    );
     refused(&["--queues", "-1"], "--queues");
     refused(&["--log-writers", "99"], "--log-writers");
     refused(&["--poll-after-write-us", "5000"], "--poll-after-write-us");
