@@ -468,26 +468,38 @@ impl Volume {
     where
         F: FnMut(&mut Vec<u8>, usize) -> std::result::Result<(), String>,
     {
-        let mut results: Vec<Result<()>> = Vec::with_capacity(writes.len());
         let size_bytes = self.size_bytes();
+        let mut results: Vec<Result<()>> = writes
+            .iter()
+            .map(|&(offset_bytes, len_bytes, _)| {
+                check_range(
+                    &self.inner.name,
+                    size_bytes,
+                    offset_bytes,
+                    len_bytes,
+                    MAX_IO_BYTES,
+                )
+            })
+            .collect();
+        // Room for the writes that passed, but never more than one largest
+        // write's worth up front: the lengths are the caller's claims, and
+        // the buffer grows with data actually given (see `Batch::aligned`).
         let capacity = writes
             .iter()
-            .map(|&(_, len, _)| batch_capacity(len.min(MAX_IO_BYTES) as usize))
-            .sum();
+            .zip(&results)
+            .filter(|(_, checked)| checked.is_ok())
+            .map(|(&(_, len, _), _)| batch_capacity(len as usize))
+            .sum::<usize>()
+            .min(batch_capacity(MAX_IO_BYTES as usize));
         let mut batch = Batch::aligned(capacity);
         let mut logged = Vec::with_capacity(writes.len());
         for (i, (offset_bytes, len_bytes, mut fill)) in writes.into_iter().enumerate() {
+            if results[i].is_err() {
+                continue;
+            }
             let (buf_before, records_before) = (batch.buf.len(), batch.records.len());
-            let encoded = check_range(
-                &self.inner.name,
-                size_bytes,
-                offset_bytes,
-                len_bytes,
-                MAX_IO_BYTES,
-            )
-            .and_then(|()| {
-                self.encode_write(&mut batch, offset_bytes, len_bytes as usize, &mut fill)
-            });
+            let encoded =
+                self.encode_write(&mut batch, offset_bytes, len_bytes as usize, &mut fill);
             match encoded {
                 Ok(()) => logged.push(i),
                 Err(_) => {
@@ -495,7 +507,7 @@ impl Volume {
                     batch.records.truncate(records_before);
                 }
             }
-            results.push(encoded);
+            results[i] = encoded;
         }
         if logged.is_empty() {
             return results;

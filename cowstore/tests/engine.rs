@@ -1030,3 +1030,31 @@ fn a_batch_of_writes_fails_and_survives_write_by_write() {
         "after a crash"
     );
 }
+
+/// The lengths a `write_many` caller claims do not size an allocation: a
+/// thousand 32 MiB writes (32 GiB claimed) whose data never comes fail one
+/// by one, without the store reserving room for all of them first.
+#[test]
+fn a_batch_reserves_no_more_than_one_largest_write() {
+    const CLAIM: u64 = cowstore::limits::MAX_IO_BYTES;
+    let (_dir, store) = new_store();
+    let vol = store.create_volume("v", 1000 * CLAIM).unwrap();
+    let batch = (0..1000u64)
+        .map(|i| {
+            let fill = |_: &mut Vec<u8>, _: usize| Err("the guest went away".to_string());
+            (i * CLAIM, CLAIM, fill)
+        })
+        .collect();
+    let results = cowstore::block_on(vol.write_many(batch));
+    assert_eq!(results.len(), 1000);
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Err(Error::WriteData { .. }))),
+        "{:?}",
+        results
+            .iter()
+            .find(|r| !matches!(r, Err(Error::WriteData { .. })))
+    );
+    assert_eq!(block_on(vol.read(0, 4096)).unwrap(), vec![0u8; 4096]);
+}
