@@ -32,8 +32,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::limits::{MAX_BATCH_DATA_BYTES, MAX_BATCH_WRITES};
-use crate::record::{PAGE_BYTES, RECORD_HEADER_BYTES};
+use crate::limits::{MAX_BATCH_DATA_BYTES, MAX_BATCH_WRITES, MAX_RECORD_DATA_BYTES};
+use crate::record::{block_crc_table_bytes, PAGE_BYTES, RECORD_HEADER_BYTES};
 
 /// Registered buffers per thread ring: a queue worker's batches in flight
 /// at once (a guest's large writes at depth 8 make 2-4 batches of
@@ -45,12 +45,15 @@ pub(crate) const FIXED_SLOTS: u16 = 8;
 
 /// One registered buffer: a batch of [`MAX_BATCH_DATA_BYTES`] in up to
 /// [`MAX_BATCH_WRITES`] writes, with their record headers and block
-/// checksum tables (at most 132 bytes a 64 KiB record or a smaller write),
-/// pad and alignment room.
+/// checksum tables (what `Volume::write_many` reserves: 120 bytes a record
+/// of up to 64 KiB, a record per write and per 64 KiB), two pages of pad
+/// and a page of alignment room; 32 KiB covers them (the assertion below).
 pub(crate) const FIXED_SLOT_BYTES: usize = MAX_BATCH_DATA_BYTES + (32 << 10);
 
 const _: () = assert!(
-    MAX_BATCH_WRITES * (2 * RECORD_HEADER_BYTES + 64) + 3 * PAGE_BYTES
+    (MAX_BATCH_WRITES + MAX_BATCH_DATA_BYTES / MAX_RECORD_DATA_BYTES)
+        * (RECORD_HEADER_BYTES + block_crc_table_bytes(MAX_RECORD_DATA_BYTES))
+        + 3 * PAGE_BYTES
         <= FIXED_SLOT_BYTES - MAX_BATCH_DATA_BYTES
 );
 

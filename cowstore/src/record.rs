@@ -79,7 +79,7 @@ pub fn pad_bytes_at(offset: u64) -> usize {
 }
 
 /// Bytes of the block checksum table of `data_bytes` of data.
-pub fn block_crc_table_bytes(data_bytes: usize) -> usize {
+pub const fn block_crc_table_bytes(data_bytes: usize) -> usize {
     data_bytes.div_ceil(CHECK_BLOCK_BYTES) * 4
 }
 
