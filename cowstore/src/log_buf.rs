@@ -191,7 +191,9 @@ pub(crate) struct Lease {
 }
 
 impl Lease {
-    fn give_back(mut self, bytes: Option<Vec<u8>>) {
+    /// Returns the slot to its table, with `bytes` as its memory (`None`:
+    /// the slot gets new memory next time).
+    fn give_back(&mut self, bytes: Option<Vec<u8>>) {
         if let Some(home) = self.home.take() {
             home.free.lock().push(FreeSlot {
                 index: self.index,
@@ -204,13 +206,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(home) = self.home.take() {
-            home.free.lock().push(FreeSlot {
-                index: self.index,
-                bytes: None,
-                registered: self.registered,
-            });
-        }
+        self.give_back(None);
     }
 }
 
@@ -278,7 +274,7 @@ impl std::ops::Deref for LogBuf {
 
 impl Drop for LogBuf {
     fn drop(&mut self) {
-        if let Some(lease) = self.lease.take() {
+        if let Some(mut lease) = self.lease.take() {
             // Memory that moved away from the slot still goes back: the
             // slot registers it anew before its next use.
             lease.give_back(Some(std::mem::take(&mut self.bytes)));

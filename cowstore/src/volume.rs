@@ -439,18 +439,11 @@ impl Volume {
         &self,
         offset_bytes: u64,
         len_bytes: u64,
-        mut fill: impl FnMut(&mut Vec<u8>, usize) -> std::result::Result<(), String>,
+        fill: impl FnMut(&mut Vec<u8>, usize) -> std::result::Result<(), String>,
     ) -> Result<()> {
-        check_range(
-            &self.inner.name,
-            self.size_bytes(),
-            offset_bytes,
-            len_bytes,
-            MAX_IO_BYTES,
-        )?;
-        let mut batch = Batch::aligned(batch_capacity(len_bytes as usize));
-        self.encode_write(&mut batch, offset_bytes, len_bytes as usize, &mut fill)?;
-        self.append(batch, |_, _| {}).await.map(drop)
+        // A batch of one: `write_many` returns exactly one result for it.
+        let mut results = self.write_many(vec![(offset_bytes, len_bytes, fill)]).await;
+        results.pop().unwrap_or(Ok(()))
     }
 
     /// Several [`Volume::write_from`]s as one batch: their records go to
