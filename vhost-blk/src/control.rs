@@ -435,6 +435,13 @@ impl Daemon {
             Command::Stats { name } => Ok(json!({
                 "stats": self.stats(name.as_deref())?,
                 "cleaner": self.cleaner.lock().as_ref().map(|c| c.stats()),
+                // Whether the queue workers' batches go out as registered
+                // buffers (fixed writes) shows here: it stays 0 when
+                // RLIMIT_MEMLOCK refused every slot (operations.md).
+                "store": {
+                    "disk_bytes": self.store.disk_bytes(),
+                    "fixed_buffer_append_bytes": self.store.fixed_buffer_append_bytes(),
+                },
             })),
             Command::CreateVolume { name, size_bytes } => {
                 self.store.create_volume(&name, size_bytes)?;
@@ -699,6 +706,11 @@ mod tests {
 
         let st = d.handle_line(r#"{"op":"stats","name":"v"}"#);
         assert_eq!(st["stats"]["v"]["writes"], json!(0), "{st}");
+        assert!(st["store"]["disk_bytes"].as_u64().is_some(), "{st}");
+        assert!(
+            st["store"]["fixed_buffer_append_bytes"].as_u64().is_some(),
+            "{st}"
+        );
         let det = d.handle_line(r#"{"op":"detach","name":"v"}"#);
         assert_eq!(det["ok"], json!(true), "{det}");
         assert!(!sock.exists());
