@@ -435,11 +435,13 @@ impl Daemon {
             Command::Stats { name } => Ok(json!({
                 "stats": self.stats(name.as_deref())?,
                 "cleaner": self.cleaner.lock().as_ref().map(|c| c.stats()),
-                // Whether the queue workers' batches go out as registered
-                // buffers (fixed writes) shows here: it stays 0 when
-                // RLIMIT_MEMLOCK refused every slot (operations.md).
+                // How the log's appends go out: with O_DIRECT (the rest is
+                // buffered: new files before the pool has any) and, of
+                // those, from registered buffers (0 when RLIMIT_MEMLOCK
+                // refused every slot; operations.md).
                 "store": {
                     "disk_bytes": self.store.disk_bytes(),
+                    "direct_append_bytes": self.store.direct_append_bytes(),
                     "fixed_buffer_append_bytes": self.store.fixed_buffer_append_bytes(),
                 },
             })),
@@ -707,6 +709,10 @@ mod tests {
         let st = d.handle_line(r#"{"op":"stats","name":"v"}"#);
         assert_eq!(st["stats"]["v"]["writes"], json!(0), "{st}");
         assert!(st["store"]["disk_bytes"].as_u64().is_some(), "{st}");
+        assert!(
+            st["store"]["direct_append_bytes"].as_u64().is_some(),
+            "{st}"
+        );
         assert!(
             st["store"]["fixed_buffer_append_bytes"].as_u64().is_some(),
             "{st}"
