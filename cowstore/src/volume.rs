@@ -441,9 +441,15 @@ impl Volume {
         len_bytes: u64,
         fill: impl FnMut(&mut Vec<u8>, usize) -> std::result::Result<(), String>,
     ) -> Result<()> {
-        // A batch of one: `write_many` returns exactly one result for it.
+        // A batch of one: `write_many` returns one result per write, and a
+        // missing one must not read as a write that landed.
         let mut results = self.write_many(vec![(offset_bytes, len_bytes, fill)]).await;
-        results.pop().unwrap_or(Ok(()))
+        assert_eq!(
+            results.len(),
+            1,
+            "write_many gave no result for its one write"
+        );
+        results.swap_remove(0)
     }
 
     /// Several [`Volume::write_from`]s as one batch: their records go to
