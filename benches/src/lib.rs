@@ -379,8 +379,8 @@ mod tests {
         let data = RandomData::new(4 << 20, 1);
         for (i, len) in [(0u64, 512usize), (1, 4096), (2, 65536), (3, 1 << 20)] {
             let chunk = &data.slice(i, len)[..len.min(64 << 10)];
-            let encoded =
-                cowstore::record::encode_chunk(chunk, &Default::default()).expect("not all zero");
+            let encoded = cowstore::record::encode_chunk(chunk, &Default::default(), false)
+                .expect("not all zero");
             assert_eq!(
                 encoded.flags() & cowstore::record::FLAG_COMPRESSED,
                 0,

@@ -33,26 +33,26 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::limits::{MAX_BATCH_DATA_BYTES, MAX_BATCH_WRITES, MAX_RECORD_DATA_BYTES};
-use crate::record::{block_crc_table_bytes, PAGE_BYTES, RECORD_HEADER_BYTES};
+use crate::record::{MAX_RECORD_OVERHEAD_BYTES, PAGE_BYTES};
 
 /// Registered buffers per thread ring: a queue worker's batches in flight
 /// at once (a guest's large writes at depth 8 make 2-4 batches of
 /// [`crate::Volume::write_many`]); more take plain memory. With
-/// [`FIXED_SLOT_BYTES`] it bounds the memory a ring pins to 4.25 MiB, under
+/// [`FIXED_SLOT_BYTES`] it bounds the memory a ring pins to 4.5 MiB, under
 /// the 8 MiB `RLIMIT_MEMLOCK` a non-root daemon usually has (registered
 /// pages count against it).
 pub(crate) const FIXED_SLOTS: u16 = 8;
 
 /// One registered buffer: a batch of [`MAX_BATCH_DATA_BYTES`] in up to
-/// [`MAX_BATCH_WRITES`] writes, with their record headers and block
-/// checksum tables (what `Volume::write_many` reserves: 120 bytes a record
-/// of up to 64 KiB, a record per write and per 64 KiB), two pages of pad
-/// and a page of alignment room; 32 KiB covers them (the assertion below).
-pub(crate) const FIXED_SLOT_BYTES: usize = MAX_BATCH_DATA_BYTES + (32 << 10);
+/// [`MAX_BATCH_WRITES`] writes, with what their records add to the data
+/// (what `Volume::write_many` reserves: [`MAX_RECORD_OVERHEAD_BYTES`] a
+/// record of up to 64 KiB, a record per write and per 64 KiB), two pages
+/// of pad and a page of alignment room; 64 KiB covers them (the assertion
+/// below).
+pub(crate) const FIXED_SLOT_BYTES: usize = MAX_BATCH_DATA_BYTES + (64 << 10);
 
 const _: () = assert!(
-    (MAX_BATCH_WRITES + MAX_BATCH_DATA_BYTES / MAX_RECORD_DATA_BYTES)
-        * (RECORD_HEADER_BYTES + block_crc_table_bytes(MAX_RECORD_DATA_BYTES))
+    (MAX_BATCH_WRITES + MAX_BATCH_DATA_BYTES / MAX_RECORD_DATA_BYTES) * MAX_RECORD_OVERHEAD_BYTES
         + 3 * PAGE_BYTES
         <= FIXED_SLOT_BYTES - MAX_BATCH_DATA_BYTES
 );

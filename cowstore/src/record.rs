@@ -37,6 +37,16 @@
 //! random read moved 16x its size from disk and checksummed all of it
 //! without them. The payload checksum still covers data and table, so
 //! recovery, the cleaner and `verify` check records whole as before.
+//!
+//! Aligned data (flag bit 3, uncompressed Write records only): the record
+//! starts with a head block of [`ALIGNED_HEAD_BYTES`] — the header, the
+//! block checksum table (when bit 2 is set too) and zeroes — and its data
+//! follows on the next 512-byte boundary of the record. The payload is
+//! then the table, the zeroes and the data, in that order, and its crc32c
+//! covers all three. A batch of such records that starts on a sector of the
+//! segment keeps every record's data on a sector of the segment, so that
+//! it can be written with `O_DIRECT` from wherever the data already is
+//! (the zero-copy write path this layout is for, docs/architecture.md).
 
 use crate::limits::{MAX_NAME_BYTES, MAX_RECORD_DATA_BYTES, SECTOR_BYTES};
 
@@ -52,8 +62,25 @@ pub const FLAG_CONTINUED: u8 = 2;
 /// Payload flag: uncompressed data followed by a crc32c per
 /// [`CHECK_BLOCK_BYTES`] block of it (see the module docs).
 pub const FLAG_BLOCK_CRCS: u8 = 4;
+/// Payload flag: the data starts [`ALIGNED_HEAD_BYTES`] into the record,
+/// after the header, the block checksum table (if any) and zeroes (see the
+/// module docs).
+pub const FLAG_ALIGNED_DATA: u8 = 8;
 /// Every flag a record may carry.
-pub const KNOWN_FLAGS: u8 = FLAG_COMPRESSED | FLAG_CONTINUED | FLAG_BLOCK_CRCS;
+pub const KNOWN_FLAGS: u8 = FLAG_COMPRESSED | FLAG_CONTINUED | FLAG_BLOCK_CRCS | FLAG_ALIGNED_DATA;
+/// The flags that say how a Write record's payload is laid out (what an
+/// extent keeps of its record's flags).
+pub const LAYOUT_FLAGS: u8 = FLAG_COMPRESSED | FLAG_BLOCK_CRCS | FLAG_ALIGNED_DATA;
+
+/// Bytes from the start of an aligned-data record to its data: one sector,
+/// which holds the header and the largest block checksum table.
+pub const ALIGNED_HEAD_BYTES: usize = SECTOR_BYTES as usize;
+const _: () = assert!(
+    RECORD_HEADER_BYTES + block_crc_table_bytes(MAX_RECORD_DATA_BYTES) <= ALIGNED_HEAD_BYTES
+);
+/// The most a Write record of raw data occupies beyond its data, in either
+/// layout (the aligned one's head sector).
+pub const MAX_RECORD_OVERHEAD_BYTES: usize = ALIGNED_HEAD_BYTES;
 
 /// Granularity of block checksums: the guest's usual block size.
 pub const CHECK_BLOCK_BYTES: usize = 4096;
@@ -81,6 +108,24 @@ pub fn pad_bytes_at(offset: u64) -> usize {
 /// Bytes of the block checksum table of `data_bytes` of data.
 pub const fn block_crc_table_bytes(data_bytes: usize) -> usize {
     data_bytes.div_ceil(CHECK_BLOCK_BYTES) * 4
+}
+
+/// Where the parts of an uncompressed Write payload of `data_bytes` of data
+/// lie in the payload, by its layout flags: (data start, table start,
+/// payload length). Without a table the table start is the data's end and
+/// the table empty.
+pub const fn raw_layout(flags: u8, data_bytes: usize) -> (usize, usize, usize) {
+    let table_bytes = if flags & FLAG_BLOCK_CRCS != 0 {
+        block_crc_table_bytes(data_bytes)
+    } else {
+        0
+    };
+    if flags & FLAG_ALIGNED_DATA != 0 {
+        let data_at = ALIGNED_HEAD_BYTES - RECORD_HEADER_BYTES;
+        (data_at, 0, data_at + data_bytes)
+    } else {
+        (0, data_bytes, data_bytes + table_bytes)
+    }
 }
 
 /// What a record means when the log is replayed.
@@ -209,9 +254,16 @@ impl RecordHeader {
         let flags = b[9];
         let compressed_ok = flags & FLAG_COMPRESSED == 0 || kind == RecordKind::Write;
         let block_crcs_ok = flags & FLAG_BLOCK_CRCS == 0 || kind == RecordKind::Write;
+        let aligned_ok = flags & FLAG_ALIGNED_DATA == 0
+            || (kind == RecordKind::Write && flags & FLAG_COMPRESSED == 0);
         let continued_ok =
             flags & FLAG_CONTINUED == 0 || matches!(kind, RecordKind::Write | RecordKind::Zero);
-        if flags & !KNOWN_FLAGS != 0 || !compressed_ok || !block_crcs_ok || !continued_ok {
+        if flags & !KNOWN_FLAGS != 0
+            || !compressed_ok
+            || !block_crcs_ok
+            || !aligned_ok
+            || !continued_ok
+        {
             return Err(RecordError::BadFlags(flags));
         }
         let header = RecordHeader {
@@ -240,11 +292,9 @@ impl RecordHeader {
                         self.flags & FLAG_BLOCK_CRCS == 0
                             && stored > 0
                             && stored <= MAX_PAYLOAD_BYTES
-                    } else if self.flags & FLAG_BLOCK_CRCS != 0 {
-                        stored as u64
-                            == data_bytes + block_crc_table_bytes(data_bytes as usize) as u64
                     } else {
-                        stored as u64 == data_bytes
+                        // data_bytes <= MAX_RECORD_DATA_BYTES: no overflow.
+                        stored == raw_layout(self.flags, data_bytes as usize).2
                     }
             }
             RecordKind::Zero | RecordKind::Discard => stored == 0 && self.len_sectors > 0,
@@ -291,6 +341,15 @@ pub enum Encoded<'a> {
         table: Vec<u8>,
         crc: u32,
     },
+    /// The data as is, after `head`: its block checksum table (when it
+    /// spans more than one block, `tabled`) and zeroes up to the data's
+    /// sector (flag [`FLAG_ALIGNED_DATA`]).
+    Aligned {
+        head: Vec<u8>,
+        data: &'a [u8],
+        tabled: bool,
+        crc: u32,
+    },
 }
 
 impl Encoded<'_> {
@@ -299,13 +358,17 @@ impl Encoded<'_> {
             Encoded::Compressed { .. } => FLAG_COMPRESSED,
             Encoded::Raw { table, .. } if !table.is_empty() => FLAG_BLOCK_CRCS,
             Encoded::Raw { .. } => 0,
+            Encoded::Aligned { tabled: true, .. } => FLAG_ALIGNED_DATA | FLAG_BLOCK_CRCS,
+            Encoded::Aligned { .. } => FLAG_ALIGNED_DATA,
         }
     }
 
     /// crc32c of the whole payload.
     pub fn crc(&self) -> u32 {
         match self {
-            Encoded::Compressed { crc, .. } | Encoded::Raw { crc, .. } => *crc,
+            Encoded::Compressed { crc, .. }
+            | Encoded::Raw { crc, .. }
+            | Encoded::Aligned { crc, .. } => *crc,
         }
     }
 
@@ -314,6 +377,7 @@ impl Encoded<'_> {
         match self {
             Encoded::Compressed { bytes, .. } => [bytes, &[]],
             Encoded::Raw { data, table, .. } => [data, table],
+            Encoded::Aligned { head, data, .. } => [head, data],
         }
     }
 }
@@ -324,11 +388,13 @@ impl Encoded<'_> {
 /// once for checksums (the payload crc is combined from the block crcs) and
 /// not copied when stored raw. `hint` is what the writer's recent chunks
 /// said about compressing (see [`CompressHint`]); this chunk updates it.
-pub fn encode_chunk<'a>(data: &'a [u8], hint: &CompressHint) -> Option<Encoded<'a>> {
+/// `aligned`: a chunk stored raw is laid out with [`FLAG_ALIGNED_DATA`].
+pub fn encode_chunk<'a>(data: &'a [u8], hint: &CompressHint, aligned: bool) -> Option<Encoded<'a>> {
     debug_assert!(data.len() <= MAX_RECORD_DATA_BYTES);
     if is_all_zero(data) {
         return None;
     }
+    let raw_chunk = if aligned { aligned_chunk } else { raw_chunk };
     if !hint.worth_trying() {
         return Some(raw_chunk(data));
     }
@@ -424,15 +490,12 @@ fn combine_full_block(crc_a: u32, crc_b: u32) -> u32 {
         ^ shift[3][usize::from(b3)]
 }
 
-/// An uncompressed chunk: with a block checksum table when the data spans
-/// more than one block (a one-block record is read whole anyway).
-fn raw_chunk(data: &[u8]) -> Encoded<'_> {
+/// The block checksum table of `data` and the crc32c of all of it, read
+/// once: the whole crc is combined from the blocks'. An empty table for
+/// data of one block or less (a one-block record is read whole anyway).
+fn block_crcs(data: &[u8]) -> (Vec<u8>, u32) {
     if data.len() <= CHECK_BLOCK_BYTES {
-        return Encoded::Raw {
-            data,
-            table: Vec::new(),
-            crc: crate::checksum::crc32c(data),
-        };
+        return (Vec::new(), crate::checksum::crc32c(data));
     }
     let mut table = Vec::with_capacity(block_crc_table_bytes(data.len()));
     let mut data_crc = 0u32;
@@ -445,8 +508,30 @@ fn raw_chunk(data: &[u8]) -> Encoded<'_> {
         };
         table.extend_from_slice(&block_crc.to_le_bytes());
     }
+    (table, data_crc)
+}
+
+/// An uncompressed chunk: the data, then its block checksum table.
+fn raw_chunk(data: &[u8]) -> Encoded<'_> {
+    let (table, data_crc) = block_crcs(data);
     let crc = crc32c::crc32c_append(data_crc, &table);
     Encoded::Raw { data, table, crc }
+}
+
+/// An uncompressed chunk with aligned data: the block checksum table and
+/// zeroes up to the data's sector, then the data.
+fn aligned_chunk(data: &[u8]) -> Encoded<'_> {
+    let (mut head, data_crc) = block_crcs(data);
+    let tabled = !head.is_empty();
+    head.resize(ALIGNED_HEAD_BYTES - RECORD_HEADER_BYTES, 0);
+    let head_crc = crate::checksum::crc32c(&head);
+    let crc = crc32c::crc32c_combine(head_crc, data_crc, data.len());
+    Encoded::Aligned {
+        head,
+        data,
+        tabled,
+        crc,
+    }
 }
 
 /// Bytes of a chunk tried before compressing all of it.
@@ -484,18 +569,14 @@ pub fn decode_data(flags: u8, payload: &[u8], data_bytes: usize) -> Result<Vec<u
 /// The data part of an uncompressed payload (without its block checksum
 /// table, if it has one).
 pub fn raw_data(flags: u8, payload: &[u8], data_bytes: usize) -> Result<&[u8], String> {
-    let want = if flags & FLAG_BLOCK_CRCS != 0 {
-        data_bytes + block_crc_table_bytes(data_bytes)
-    } else {
-        data_bytes
-    };
+    let (data_at, _, want) = raw_layout(flags, data_bytes);
     if payload.len() != want {
         return Err(format!(
             "payload is {} bytes, expected {want} for {data_bytes} bytes of data",
             payload.len()
         ));
     }
-    Ok(&payload[..data_bytes])
+    Ok(&payload[data_at..data_at + data_bytes])
 }
 
 /// True when every byte is zero. Word-at-a-time; this runs on every write.
@@ -528,7 +609,7 @@ pub(crate) mod tests {
 
     /// [`encode_chunk`] as flags and one owned payload.
     fn encode_data(data: &[u8]) -> Option<(u8, Vec<u8>)> {
-        encode_chunk(data, &CompressHint::default()).map(|e| (e.flags(), e.parts().concat()))
+        encode_chunk(data, &CompressHint::default(), false).map(|e| (e.flags(), e.parts().concat()))
     }
 
     /// Incompressible bytes (xorshift64).
@@ -555,22 +636,90 @@ pub(crate) mod tests {
         let compressed = |e: &Encoded<'_>| e.flags() & FLAG_COMPRESSED != 0;
         let hint = CompressHint::default();
         for _ in 0..CompressHint::MISSES_BEFORE_BACKOFF {
-            assert!(!compressed(&encode_chunk(&random, &hint).unwrap()));
+            assert!(!compressed(&encode_chunk(&random, &hint, false).unwrap()));
         }
         // Backed off: compressible chunks are stored raw until the next try.
         let until_try = CompressHint::PROBE_EVERY
             - CompressHint::MISSES_BEFORE_BACKOFF % CompressHint::PROBE_EVERY;
         for _ in 0..until_try {
-            assert!(!compressed(&encode_chunk(text, &hint).unwrap()));
+            assert!(!compressed(&encode_chunk(text, &hint, false).unwrap()));
         }
         for _ in 0..3 * CompressHint::PROBE_EVERY {
-            assert!(compressed(&encode_chunk(text, &hint).unwrap()));
+            assert!(compressed(&encode_chunk(text, &hint, false).unwrap()));
         }
         // All-zero chunks are metadata only and say nothing either way.
-        assert!(encode_chunk(&[0u8; 65536], &hint).is_none());
+        assert!(encode_chunk(&[0u8; 65536], &hint, false).is_none());
         // A fresh hint tries every chunk.
         assert!(compressed(
-            &encode_chunk(text, &CompressHint::default()).unwrap()
+            &encode_chunk(text, &CompressHint::default(), false).unwrap()
+        ));
+    }
+
+    /// Aligned chunks of every size class: the payload is the table (if
+    /// any), zeroes to the data's sector, then the data; its crc (combined,
+    /// not computed over the payload) checks; the decoder finds the data;
+    /// and the flag is refused where it means nothing.
+    #[test]
+    fn aligned_chunks_put_the_data_a_sector_in() {
+        let random = random_bytes(MAX_RECORD_DATA_BYTES);
+        for len in [512, 4096, 6144, 65024, MAX_RECORD_DATA_BYTES] {
+            let data = &random[..len];
+            let e = encode_chunk(data, &CompressHint::default(), true).unwrap();
+            let flags = e.flags();
+            assert_ne!(flags & FLAG_ALIGNED_DATA, 0, "{len}");
+            assert_eq!(
+                flags & FLAG_BLOCK_CRCS != 0,
+                len > CHECK_BLOCK_BYTES,
+                "{len}"
+            );
+            let payload = e.parts().concat();
+            let (data_at, table_at, payload_len) = raw_layout(flags, len);
+            assert_eq!(RECORD_HEADER_BYTES + data_at, ALIGNED_HEAD_BYTES);
+            assert_eq!((table_at, payload_len), (0, payload.len()), "{len}");
+            assert_eq!(crate::checksum::crc32c(&payload), e.crc(), "{len}");
+            let table_bytes = if len > CHECK_BLOCK_BYTES {
+                block_crc_table_bytes(len)
+            } else {
+                0
+            };
+            for (block, entry) in data
+                .chunks(CHECK_BLOCK_BYTES)
+                .zip(payload[..table_bytes].chunks_exact(4))
+            {
+                assert_eq!(entry, crate::checksum::crc32c(block).to_le_bytes());
+            }
+            assert!(payload[table_bytes..data_at].iter().all(|&b| b == 0));
+            let record = sample(RecordKind::Write, &payload, flags, (len / 512) as u32);
+            let h = RecordHeader::decode(&record).unwrap();
+            h.check_payload(&record[RECORD_HEADER_BYTES..]).unwrap();
+            assert_eq!(raw_data(flags, &payload, len).unwrap(), data);
+            assert_eq!(decode_data(flags, &payload, len).unwrap(), data);
+            // One byte short of the layout's length is refused.
+            let short = sample(
+                RecordKind::Write,
+                &payload[..payload.len() - 1],
+                flags,
+                (len / 512) as u32,
+            );
+            assert_eq!(
+                RecordHeader::decode(&short),
+                Err(RecordError::BadLength(payload.len() as u32 - 1))
+            );
+        }
+        let aligned_lz4 = sample(
+            RecordKind::Write,
+            &[1; 100],
+            FLAG_ALIGNED_DATA | FLAG_COMPRESSED,
+            8,
+        );
+        assert!(matches!(
+            RecordHeader::decode(&aligned_lz4),
+            Err(RecordError::BadFlags(_))
+        ));
+        let aligned_zero = sample(RecordKind::Zero, &[], FLAG_ALIGNED_DATA, 8);
+        assert!(matches!(
+            RecordHeader::decode(&aligned_zero),
+            Err(RecordError::BadFlags(_))
         ));
     }
 

@@ -16,9 +16,7 @@ use crate::catalog::{Catalog, NameTarget, SegmentMeta, SnapshotMeta, VolumeMeta}
 use crate::checkpoint::{checkpoint_path, sync_dir, Checkpoint, CheckpointKind, LogPosition};
 use crate::error::{Error, Result};
 use crate::extent_map::{Extent, ExtentMap};
-use crate::record::{
-    RecordKind, FLAG_BLOCK_CRCS, FLAG_COMPRESSED, FLAG_CONTINUED, RECORD_HEADER_BYTES,
-};
+use crate::record::{RecordKind, FLAG_CONTINUED, LAYOUT_FLAGS, RECORD_HEADER_BYTES};
 use crate::segment::{segment_path, ScanStep, SegmentFile, SegmentKind, SEGMENT_HEADER_BYTES};
 use crate::snapshot::SnapshotInner;
 use crate::store::{now_unix_s, remove_if_exists, StoreInner};
@@ -246,7 +244,7 @@ fn replay_volume(
                         len_sectors: h.len_sectors,
                         skip_sectors: 0,
                         record_sectors: h.len_sectors as u8,
-                        flags: h.flags & (FLAG_COMPRESSED | FLAG_BLOCK_CRCS),
+                        flags: h.flags & LAYOUT_FLAGS,
                     };
                     batch.push((h.kind, h.lba, extent));
                     if h.flags & FLAG_CONTINUED == 0 {

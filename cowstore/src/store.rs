@@ -60,10 +60,11 @@ fn hostname() -> String {
 
 /// The file that makes a directory a store: settings fixed at creation.
 const FORMAT_FILE: &str = "format";
-/// 2: logs may hold Pad records (kind 7). An open upgrades a version 1
-/// store, so that a build that does not know pads refuses it instead of
-/// cutting its logs at the first pad.
-const FORMAT_VERSION: u32 = 2;
+/// 2: logs may hold Pad records (kind 7). 3: Write records may have
+/// aligned data (flag 8, `record.rs`). An open upgrades an older store, so
+/// that a build that does not know what a newer one may write refuses the
+/// store instead of cutting its logs at the first such record.
+const FORMAT_VERSION: u32 = 3;
 
 /// Store settings.
 #[derive(Clone, Debug)]
@@ -106,6 +107,11 @@ pub struct StoreConfig {
     /// (`O_DIRECT`, see docs/architecture.md, "Direct appends"); false
     /// buffers them like every other append.
     pub direct_appends: bool,
+    /// Write records are laid out with their data on a sector of its own
+    /// (`record::FLAG_ALIGNED_DATA`: 456 more bytes per record), the
+    /// layout a write straight from the guest's memory needs. Off by
+    /// default: the copy path gains nothing from it yet.
+    pub aligned_records: bool,
 }
 
 impl Default for StoreConfig {
@@ -122,6 +128,7 @@ impl Default for StoreConfig {
             segment_pool_bytes: DEFAULT_SEGMENT_POOL_BYTES,
             reuse_min_batch_bytes: crate::pool::REUSE_MIN_BATCH_BYTES,
             direct_appends: true,
+            aligned_records: false,
         }
     }
 }

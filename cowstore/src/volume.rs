@@ -382,11 +382,11 @@ pub(crate) fn check_range(
 }
 
 /// Room in a batch for the records of a write of `len_bytes`: the data
-/// and, per record, a header and a block checksum table.
+/// and, per record, the most a record adds to its data (a header and a
+/// block checksum table, or an aligned record's head sector).
 fn batch_capacity(len_bytes: usize) -> usize {
     let chunk_count = len_bytes.div_ceil(MAX_RECORD_DATA_BYTES);
-    len_bytes
-        + chunk_count * (RECORD_HEADER_BYTES + record::block_crc_table_bytes(MAX_RECORD_DATA_BYTES))
+    len_bytes + chunk_count * record::MAX_RECORD_OVERHEAD_BYTES
 }
 
 impl Volume {
@@ -548,10 +548,17 @@ impl Volume {
             } else {
                 0
             };
-            // The data goes where the record's payload starts; the header
-            // is filled in once the payload is known.
+            // The data goes where the record's payload starts (a sector in
+            // for aligned records); the header is filled in once the
+            // payload is known.
+            let aligned = self.store.config.aligned_records;
             let at = batch.buf.len();
-            let data_at = at + RECORD_HEADER_BYTES;
+            let data_at = at
+                + if aligned {
+                    record::ALIGNED_HEAD_BYTES
+                } else {
+                    RECORD_HEADER_BYTES
+                };
             batch.buf.resize(data_at, 0);
             fill(&mut batch.buf, chunk_len).map_err(|why| Error::WriteData {
                 volume: self.inner.name.clone(),
@@ -569,7 +576,7 @@ impl Volume {
                 });
             }
             let Some(encoded) =
-                record::encode_chunk(&batch.buf[data_at..], &self.inner.compress_hint)
+                record::encode_chunk(&batch.buf[data_at..], &self.inner.compress_hint, aligned)
             else {
                 batch.buf.truncate(at);
                 let mut h = header(RecordKind::Zero, self.inner.id, lba, sectors);
@@ -588,21 +595,26 @@ impl Volume {
             match encoded {
                 // The block checksum table follows the data.
                 record::Encoded::Raw { table, .. } => batch.buf.extend_from_slice(&table),
+                // The table and its zeroes fill the head sector.
+                record::Encoded::Aligned { head, .. } => {
+                    batch.buf[at + RECORD_HEADER_BYTES..data_at].copy_from_slice(&head)
+                }
                 // The compressed bytes replace the data.
                 record::Encoded::Compressed { bytes, .. } => {
-                    batch.buf.truncate(data_at);
+                    batch.buf.truncate(at + RECORD_HEADER_BYTES);
                     batch.buf.extend_from_slice(&bytes);
                 }
             }
-            let stored_len = batch.buf.len() - data_at;
+            let payload_at = at + RECORD_HEADER_BYTES;
+            let stored_len = batch.buf.len() - payload_at;
             debug_assert_eq!(
-                crate::checksum::crc32c(&batch.buf[data_at..]),
+                crate::checksum::crc32c(&batch.buf[payload_at..]),
                 crc,
                 "payload crc combined from the blocks does not match the payload"
             );
             let mut h = header(RecordKind::Write, self.inner.id, lba, sectors);
             h.flags = flags | continued;
-            batch.buf[at..data_at].copy_from_slice(&h.to_bytes(stored_len, crc));
+            batch.buf[at..payload_at].copy_from_slice(&h.to_bytes(stored_len, crc));
             let extent = Extent {
                 segment_id: 0, // placed under the lock
                 record_offset: 0,
@@ -1128,35 +1140,41 @@ async fn fetch_piece(
     };
     let block = record::CHECK_BLOCK_BYTES;
     let record_bytes = usize::from(e.record_sectors) * SECTOR_BYTES as usize;
-    let data_start = first * block;
-    let data_end = (end * block).min(record_bytes);
-    let table_start = record_bytes + 4 * first;
-    let table_end = record_bytes + 4 * end;
+    // Offsets in the payload: the table follows the data, or (aligned
+    // records) comes first.
+    let (data_at, table_at, _) = record::raw_layout(e.flags, record_bytes);
+    let data_start = data_at + first * block;
+    let data_end = data_at + (end * block).min(record_bytes);
+    let table_start = table_at + 4 * first;
+    let table_end = table_at + 4 * end;
     // One read when the gap between the blocks and their table entries is
     // at most a block (the page is read anyway), two concurrent ones else.
-    let (data, table) = if table_start - data_end <= block {
-        let mut bytes = fetch_range(
+    let (span_start, span_end) = (data_start.min(table_start), data_end.max(table_end));
+    let gap = (span_end - span_start) - (data_end - data_start) - (table_end - table_start);
+    let (data, table) = if gap <= block {
+        let bytes = fetch_range(
             store,
             name,
             piece_lba,
             e,
             source,
-            data_start,
-            table_end - data_start,
+            span_start,
+            span_end - span_start,
         )
         .await?;
-        let table = bytes
-            .get(table_start - data_start..)
-            .ok_or_else(|| Error::CorruptExtent {
-                volume: name.to_string(),
-                offset_bytes: piece_lba * SECTOR_BYTES,
-                segment_id: e.segment_id,
-                segment_offset: u64::from(e.record_offset),
-                why: format!("short read of {} bytes", bytes.len()),
-            })?
-            .to_vec();
-        bytes.truncate(data_end - data_start);
-        (bytes, table)
+        let part = |start: usize, end: usize| {
+            bytes
+                .get(start - span_start..end - span_start)
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| Error::CorruptExtent {
+                    volume: name.to_string(),
+                    offset_bytes: piece_lba * SECTOR_BYTES,
+                    segment_id: e.segment_id,
+                    segment_offset: u64::from(e.record_offset),
+                    why: format!("short read of {} bytes", bytes.len()),
+                })
+        };
+        (part(data_start, data_end)?, part(table_start, table_end)?)
     } else {
         if let Source::Segment(seg) = source {
             let payload_at = u64::from(e.record_offset) + RECORD_HEADER_BYTES as u64;
@@ -1235,6 +1253,8 @@ pub(crate) async fn read_pieces(
                 table,
             } => {
                 let block = record::CHECK_BLOCK_BYTES;
+                let record_bytes = usize::from(e.record_sectors) * SECTOR_BYTES as usize;
+                let (data_at, _, _) = record::raw_layout(e.flags, record_bytes);
                 for (i, (bytes, entry)) in data.chunks(block).zip(table.chunks_exact(4)).enumerate()
                 {
                     let expected = u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]);
@@ -1244,7 +1264,8 @@ pub(crate) async fn read_pieces(
                             volume: name.to_string(),
                             offset_bytes: piece.lba * SECTOR_BYTES,
                             segment_id: e.segment_id,
-                            segment_offset: payload_at + ((first_block + i) * block) as u64,
+                            segment_offset: payload_at
+                                + (data_at + (first_block + i) * block) as u64,
                             expected,
                             found,
                         });

@@ -87,7 +87,28 @@ fn checksum_mismatch_is_an_error_naming_volume_address_and_segment() {
 /// record still fails the record checksum.
 #[test]
 fn block_checksums_localise_corruption_to_the_reads_that_cover_it() {
-    let (dir, store) = new_store();
+    block_checksums_case(false);
+}
+
+/// The same with aligned records: the data on the sector after the head
+/// (header, checksum table, zeroes), where a flipped byte of the data or of
+/// its table entry fails the reads of that block alone.
+#[test]
+fn aligned_records_keep_data_on_its_own_sector_and_localise_corruption() {
+    block_checksums_case(true);
+}
+
+fn block_checksums_case(aligned: bool) {
+    // Segment header, then the record: its data 56 bytes in (after the
+    // header) or a sector in (after the header, table and zeroes).
+    const SEGMENT_HEADER: usize = 64;
+    let data_at = SEGMENT_HEADER + if aligned { 512 } else { 56 };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        aligned_records: aligned,
+        ..config(IoBackendChoice::Auto)
+    };
+    let store = Store::create(dir.path().join("s"), cfg.clone()).unwrap();
     let v = store.create_volume("disk", 1 << 20).unwrap();
     let data = pattern(7, 64 << 10);
     block_on(v.write(0, &data)).unwrap();
@@ -107,18 +128,23 @@ fn block_checksums_localise_corruption_to_the_reads_that_cover_it() {
     // Flip one byte of block 5 (bytes 20480..24576) of the record.
     let bad_byte = 5 * 4096 + 77;
     let mut hit = 0;
+    let mut record_path = None;
     for entry in std::fs::read_dir(dir.path().join("s/segments")).unwrap() {
         let path = entry.unwrap().path();
         let mut bytes = std::fs::read(&path).unwrap();
-        let at = 64 + 56 + bad_byte;
-        if bytes.len() >= 64 + 56 + (64 << 10) && bytes[at] == data[bad_byte] {
+        let at = data_at + bad_byte;
+        if bytes.len() >= data_at + (64 << 10) && bytes[data_at..data_at + (64 << 10)] == data[..] {
             bytes[at] ^= 0x10;
             std::fs::write(&path, bytes).unwrap();
             hit += 1;
+            record_path = Some(path);
         }
     }
-    assert_eq!(hit, 1, "exactly one segment holds the record");
-    let store = Store::open(dir.path().join("s"), config(IoBackendChoice::Auto)).unwrap();
+    assert_eq!(
+        hit, 1,
+        "exactly one segment holds the record where its layout says"
+    );
+    let store = Store::open(dir.path().join("s"), cfg.clone()).unwrap();
     let v = store.volume("disk").unwrap();
     // Blocks beside the bad one read, even within the same record.
     for (off, len) in [
@@ -138,7 +164,7 @@ fn block_checksums_localise_corruption_to_the_reads_that_cover_it() {
     ] {
         match block_on(v.read(off as u64, len as u64)) {
             Err(Error::Checksum { segment_offset, .. }) => {
-                assert_eq!(segment_offset, 64 + 56 + 5 * 4096, "{off}+{len}");
+                assert_eq!(segment_offset, (data_at + 5 * 4096) as u64, "{off}+{len}");
             }
             other => panic!("{off}+{len}: expected a checksum error, got {other:?}"),
         }
@@ -150,6 +176,27 @@ fn block_checksums_localise_corruption_to_the_reads_that_cover_it() {
     // verify reports the record.
     let report = block_on(store.verify("disk", |_| {})).unwrap();
     assert_eq!(report.errors.len(), 1, "{report:?}");
+    if !aligned {
+        return;
+    }
+    // A flipped table entry (block 9's, 4 bytes each after the header)
+    // fails the reads of block 9 as well, and not those of block 8.
+    drop(v);
+    store.close().unwrap();
+    let path = record_path.unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[SEGMENT_HEADER + 56 + 4 * 9] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let store = Store::open(dir.path().join("s"), cfg).unwrap();
+    let v = store.volume("disk").unwrap();
+    assert_eq!(
+        block_on(v.read(8 * 4096, 4096)).unwrap(),
+        data[8 * 4096..9 * 4096]
+    );
+    assert!(matches!(
+        block_on(v.read(9 * 4096, 4096)),
+        Err(Error::Checksum { .. })
+    ));
 }
 
 #[test]
@@ -859,10 +906,11 @@ fn reused_segments_case(appends: Appends) {
     }
 }
 
-/// A store made before pad records (format 1) is upgraded when opened, so
-/// that older builds refuse it afterwards; a newer format is refused here.
+/// A store made before pad records (format 1) or aligned records (2) is
+/// upgraded when opened, so that older builds refuse it afterwards; a newer
+/// format is refused here.
 #[test]
-fn opening_upgrades_format_1_and_refuses_unknown_formats() {
+fn opening_upgrades_older_formats_and_refuses_unknown_formats() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s");
     let cfg = config(IoBackendChoice::Auto);
@@ -883,17 +931,19 @@ fn opening_upgrades_format_1_and_refuses_unknown_formats() {
             serde_json::from_slice(&std::fs::read(&format).unwrap()).unwrap();
         json["format_version"].as_u64().unwrap()
     };
-    with_version(1);
-    let store = Store::open(&path, cfg.clone()).unwrap();
-    assert_eq!(version(), 2);
-    let v = store.volume("v").unwrap();
-    assert_eq!(block_on(v.read(0, 4096)).unwrap(), pattern(1, 4096));
-    drop(v);
-    store.close().unwrap();
-    with_version(3);
+    for old in [1, 2] {
+        with_version(old);
+        let store = Store::open(&path, cfg.clone()).unwrap();
+        assert_eq!(version(), 3, "format {old} upgraded");
+        let v = store.volume("v").unwrap();
+        assert_eq!(block_on(v.read(0, 4096)).unwrap(), pattern(1, 4096));
+        drop(v);
+        store.close().unwrap();
+    }
+    with_version(4);
     match Store::open(&path, cfg) {
-        Err(Error::Config(why)) => assert!(why.contains("format version 3"), "{why}"),
-        other => panic!("a format 3 store opened: {other:?}"),
+        Err(Error::Config(why)) => assert!(why.contains("format version 4"), "{why}"),
+        other => panic!("a format 4 store opened: {other:?}"),
     }
 }
 

@@ -177,11 +177,12 @@ fn clamp(size_bytes: u64, at: u16, len: u16) -> (u64, u64) {
 }
 
 impl Harness {
-    fn new(io_backend: IoBackendChoice) -> Self {
+    fn new(io_backend: IoBackendChoice, aligned_records: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = StoreConfig {
             segment_bytes: 64 << 10,
             io_backend,
+            aligned_records,
             checkpoint_interval_bytes: 192 << 10,
             gc_live_threshold_pct: 60,
             tier: None,
@@ -514,11 +515,13 @@ proptest! {
     fn engine_matches_model(
         ops in proptest::collection::vec(op_strategy(), 1..60),
         blocking_io in any::<bool>(),
+        aligned_records in any::<bool>(),
     ) {
         // Both I/O backends (io_uring where the kernel has it, and the
-        // blocking fallback) run the same sequences.
+        // blocking fallback) and both record layouts run the same
+        // sequences.
         let io = if blocking_io { IoBackendChoice::Blocking } else { IoBackendChoice::Auto };
-        let mut h = Harness::new(io);
+        let mut h = Harness::new(io, aligned_records);
         // Start with one volume so most sequences do I/O.
         h.apply(&Op::Create { slot: 0, sectors: 300 });
         for op in &ops {
