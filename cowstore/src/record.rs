@@ -112,8 +112,8 @@ pub const fn block_crc_table_bytes(data_bytes: usize) -> usize {
 
 /// Where the parts of an uncompressed Write payload of `data_bytes` of data
 /// lie in the payload, by its layout flags: (data start, table start,
-/// payload length). Without a table the table start is the data's end and
-/// the table empty.
+/// payload length). The table is [`block_crc_table_bytes`] long with
+/// [`FLAG_BLOCK_CRCS`], empty without (its start then means nothing).
 pub const fn raw_layout(flags: u8, data_bytes: usize) -> (usize, usize, usize) {
     let table_bytes = if flags & FLAG_BLOCK_CRCS != 0 {
         block_crc_table_bytes(data_bytes)
