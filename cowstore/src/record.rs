@@ -342,12 +342,11 @@ pub enum Encoded<'a> {
         crc: u32,
     },
     /// The data as is, after `head`: its block checksum table (when it
-    /// spans more than one block, `tabled`) and zeroes up to the data's
-    /// sector (flag [`FLAG_ALIGNED_DATA`]).
+    /// spans more than one block) and zeroes up to the data's sector (flag
+    /// [`FLAG_ALIGNED_DATA`]).
     Aligned {
         head: Vec<u8>,
         data: &'a [u8],
-        tabled: bool,
         crc: u32,
     },
 }
@@ -358,7 +357,9 @@ impl Encoded<'_> {
             Encoded::Compressed { .. } => FLAG_COMPRESSED,
             Encoded::Raw { table, .. } if !table.is_empty() => FLAG_BLOCK_CRCS,
             Encoded::Raw { .. } => 0,
-            Encoded::Aligned { tabled: true, .. } => FLAG_ALIGNED_DATA | FLAG_BLOCK_CRCS,
+            Encoded::Aligned { data, .. } if data.len() > CHECK_BLOCK_BYTES => {
+                FLAG_ALIGNED_DATA | FLAG_BLOCK_CRCS
+            }
             Encoded::Aligned { .. } => FLAG_ALIGNED_DATA,
         }
     }
@@ -522,16 +523,10 @@ fn raw_chunk(data: &[u8]) -> Encoded<'_> {
 /// zeroes up to the data's sector, then the data.
 fn aligned_chunk(data: &[u8]) -> Encoded<'_> {
     let (mut head, data_crc) = block_crcs(data);
-    let tabled = !head.is_empty();
     head.resize(ALIGNED_HEAD_BYTES - RECORD_HEADER_BYTES, 0);
     let head_crc = crate::checksum::crc32c(&head);
     let crc = crc32c::crc32c_combine(head_crc, data_crc, data.len());
-    Encoded::Aligned {
-        head,
-        data,
-        tabled,
-        crc,
-    }
+    Encoded::Aligned { head, data, crc }
 }
 
 /// Bytes of a chunk tried before compressing all of it.

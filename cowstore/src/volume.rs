@@ -536,6 +536,7 @@ impl Volume {
     ) -> Result<()> {
         let first_lba = offset_bytes / SECTOR_BYTES;
         let chunk_count = len_bytes.div_ceil(MAX_RECORD_DATA_BYTES);
+        let aligned = self.store.config.aligned_records;
         for i in 0..chunk_count {
             let chunk_start = i * MAX_RECORD_DATA_BYTES;
             let chunk_len = MAX_RECORD_DATA_BYTES.min(len_bytes - chunk_start);
@@ -551,7 +552,6 @@ impl Volume {
             // The data goes where the record's payload starts (a sector in
             // for aligned records); the header is filled in once the
             // payload is known.
-            let aligned = self.store.config.aligned_records;
             let at = batch.buf.len();
             let data_at = at
                 + if aligned {
@@ -1066,10 +1066,13 @@ enum Fetched {
     /// The whole stored payload (checked against the record's crc32c).
     Whole(Vec<u8>),
     /// Blocks `first_block..` of a record with block checksums: their data
-    /// and their entries of the checksum table.
+    /// (`buf[data_in_buf..]`, read at `data_in_payload` of the payload) and
+    /// their entries of the checksum table.
     Blocks {
         first_block: usize,
-        data: Vec<u8>,
+        buf: Vec<u8>,
+        data_in_buf: usize,
+        data_in_payload: usize,
         table: Vec<u8>,
     },
 }
@@ -1151,8 +1154,8 @@ async fn fetch_piece(
     // at most a block (the page is read anyway), two concurrent ones else.
     let (span_start, span_end) = (data_start.min(table_start), data_end.max(table_end));
     let gap = (span_end - span_start) - (data_end - data_start) - (table_end - table_start);
-    let (data, table) = if gap <= block {
-        let bytes = fetch_range(
+    let (buf, data_in_buf, table) = if gap <= block {
+        let mut bytes = fetch_range(
             store,
             name,
             piece_lba,
@@ -1162,19 +1165,21 @@ async fn fetch_piece(
             span_end - span_start,
         )
         .await?;
-        let part = |start: usize, end: usize| {
-            bytes
-                .get(start - span_start..end - span_start)
-                .map(<[u8]>::to_vec)
-                .ok_or_else(|| Error::CorruptExtent {
-                    volume: name.to_string(),
-                    offset_bytes: piece_lba * SECTOR_BYTES,
-                    segment_id: e.segment_id,
-                    segment_offset: u64::from(e.record_offset),
-                    why: format!("short read of {} bytes", bytes.len()),
-                })
-        };
-        (part(data_start, data_end)?, part(table_start, table_end)?)
+        // The data stays where it was read (it is the most of the bytes);
+        // only the table entries are copied out.
+        let table = bytes
+            .get(table_start - span_start..table_end - span_start)
+            .filter(|_| bytes.len() >= data_end - span_start)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| Error::CorruptExtent {
+                volume: name.to_string(),
+                offset_bytes: piece_lba * SECTOR_BYTES,
+                segment_id: e.segment_id,
+                segment_offset: u64::from(e.record_offset),
+                why: format!("short read of {} bytes", bytes.len()),
+            })?;
+        bytes.truncate(data_end - span_start);
+        (bytes, data_start - span_start, table)
     } else {
         if let Source::Segment(seg) = source {
             let payload_at = u64::from(e.record_offset) + RECORD_HEADER_BYTES as u64;
@@ -1205,11 +1210,13 @@ async fn fetch_piece(
             ),
         )
         .await;
-        (data?, table?)
+        (data?, 0, table?)
     };
     Ok(Fetched::Blocks {
         first_block: first,
-        data,
+        buf,
+        data_in_buf,
+        data_in_payload: data_start,
         table,
     })
 }
@@ -1249,12 +1256,13 @@ pub(crate) async fn read_pieces(
         match fetched {
             Fetched::Blocks {
                 first_block,
-                data,
+                buf,
+                data_in_buf,
+                data_in_payload,
                 table,
             } => {
                 let block = record::CHECK_BLOCK_BYTES;
-                let record_bytes = usize::from(e.record_sectors) * SECTOR_BYTES as usize;
-                let (data_at, _, _) = record::raw_layout(e.flags, record_bytes);
+                let data = &buf[data_in_buf..];
                 for (i, (bytes, entry)) in data.chunks(block).zip(table.chunks_exact(4)).enumerate()
                 {
                     let expected = u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]);
@@ -1264,8 +1272,7 @@ pub(crate) async fn read_pieces(
                             volume: name.to_string(),
                             offset_bytes: piece.lba * SECTOR_BYTES,
                             segment_id: e.segment_id,
-                            segment_offset: payload_at
-                                + (data_at + (first_block + i) * block) as u64,
+                            segment_offset: payload_at + (data_in_payload + i * block) as u64,
                             expected,
                             found,
                         });
