@@ -35,6 +35,7 @@ use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestRegionM
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::backing::check_holds;
 use crate::device::{BlkBackend, GuestMem, MAX_QUEUE_SIZE};
 use crate::inflight::InflightRegion;
 
@@ -352,6 +353,7 @@ impl VhostUserBackendReqHandlerMut for Connection {
         let mut regions = Vec::with_capacity(ctx.len());
         let mut mappings = Vec::with_capacity(ctx.len());
         for (region, file) in ctx.iter().zip(files) {
+            check_holds(&file, region.mmap_offset, region.memory_size).map_err(handler_error)?;
             let mapped = GuestRegionMmap::new(
                 region.mmap_region(file)?,
                 GuestAddress(region.guest_phys_addr),
@@ -573,6 +575,7 @@ impl VhostUserBackendReqHandlerMut for Connection {
                 "more than {MAX_MEM_SLOTS} memory regions"
             )));
         }
+        check_holds(&fd, region.mmap_offset, region.memory_size).map_err(handler_error)?;
         let mapped = GuestRegionMmap::new(
             region.mmap_region(fd)?,
             GuestAddress(region.guest_phys_addr),
@@ -631,5 +634,63 @@ impl VhostUserBackendReqHandlerMut for Connection {
 
     fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> VhostUserResult<()> {
         Err(VhostUserError::InvalidOperation("LOG_SHMFD not offered"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backing::test_memfd;
+    use crate::export::{Export, Target};
+    use vm_memory::{Bytes, GuestMemoryBackend};
+
+    fn connection() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            cowstore::Store::open_or_create(dir.path().join("s"), cowstore::StoreConfig::default())
+                .unwrap();
+        let vol = store.create_volume("v", 1 << 20).unwrap();
+        let backend = BlkBackend::new(Arc::new(Export::new(Target::Volume(vol), 1))).unwrap();
+        (dir, Connection::new(Arc::new(backend)).unwrap())
+    }
+
+    /// A region whose file ends before it does would map, and the first
+    /// access past the end would kill the daemon with SIGBUS.
+    #[test]
+    fn memory_regions_past_their_files_end_are_refused() {
+        const MIB: u64 = 1 << 20;
+        let (_dir, mut conn) = connection();
+        let table = [VhostUserMemoryRegion::new(0, MIB, 0x7000_0000, 0)];
+        conn.set_mem_table(&table, vec![test_memfd(MIB)], None)
+            .unwrap();
+        assert_eq!(conn.mem.memory().num_regions(), 1);
+
+        let err = conn
+            .set_mem_table(&table, vec![test_memfd(64 << 10)], None)
+            .unwrap_err();
+        assert!(format!("{err:?}").contains("holds 65536 bytes"), "{err:?}");
+        // The table before the refused one stays, whole.
+        assert_eq!(conn.mem.memory().num_regions(), 1);
+        assert_eq!(conn.mem.memory().last_addr(), GuestAddress(MIB - 1));
+
+        let at_1g = |offset| VhostUserSingleMemoryRegion::new(1 << 30, MIB, 0x8000_0000, offset);
+        assert!(conn
+            .add_mem_region(&at_1g(0), test_memfd(4096), None)
+            .is_err());
+        // The file holds the region's length, but not from its offset.
+        assert!(conn
+            .add_mem_region(&at_1g(MIB), test_memfd(MIB), None)
+            .is_err());
+        assert_eq!(conn.mem.memory().num_regions(), 1);
+
+        conn.add_mem_region(&at_1g(MIB), test_memfd(2 * MIB), None)
+            .unwrap();
+        assert_eq!(conn.mem.memory().num_regions(), 2);
+        let mut last = [0xffu8; 8];
+        conn.mem
+            .memory()
+            .read_slice(&mut last, GuestAddress((1 << 30) + MIB - 8))
+            .unwrap();
+        assert_eq!(last, [0; 8]);
     }
 }

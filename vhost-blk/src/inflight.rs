@@ -83,6 +83,8 @@ pub enum InflightError {
     Memfd(#[source] std::io::Error),
     #[error("cannot map the inflight region: {0}")]
     Map(String),
+    #[error("inflight region file: {0}")]
+    Backing(#[from] crate::backing::BackingError),
     #[error(
         "inflight queue {queue}: region holds {desc_num} descriptors, the ring has {queue_size}"
     )]
@@ -185,7 +187,9 @@ impl InflightRegion {
                 offset: mmap_offset,
             });
         }
-        // Map only what the queues use, never a frontend-chosen larger size.
+        // Map only what the queues use, never a frontend-chosen larger size,
+        // and only what the file holds (past its end an access is SIGBUS).
+        crate::backing::check_holds(&file, mmap_offset, need_bytes)?;
         let len = usize::try_from(need_bytes).map_err(|e| InflightError::Map(e.to_string()))?;
         let map = MmapRegion::<()>::from_file(FileOffset::new(file, mmap_offset), len)
             .map_err(|e| InflightError::Map(e.to_string()))?;
@@ -569,6 +573,18 @@ mod tests {
         assert!(matches!(
             InflightRegion::create(1, 0, 4, 256),
             Err(InflightError::Geometry { .. })
+        ));
+        // A file shorter than the size it is said to have (or than the
+        // offset plus the queues' part) would be SIGBUS on first access.
+        let (short, short_len) = region(1);
+        short.set_len(short_len - 1).unwrap();
+        assert!(matches!(
+            InflightRegion::map(short, short_len, 0, 1, QS, 4, 256),
+            Err(InflightError::Backing(_))
+        ));
+        assert!(matches!(
+            InflightRegion::map(file.try_clone().unwrap(), len + 4096, 4096, 1, QS, 4, 256),
+            Err(InflightError::Backing(_))
         ));
         let r = mapped(&file, len, 1);
         assert!(matches!(r.queue(1, QS), Err(InflightError::NoQueue { .. })));

@@ -11,6 +11,7 @@
 //! control socket (attach, detach, stats, the snapshot barrier), and
 //! [`cleaner`] the background segment cleaner that gives space back.
 
+pub mod backing;
 pub mod cleaner;
 pub mod connection;
 pub mod control;
