@@ -1,8 +1,9 @@
 //! crc32c implementations side by side: the `crc32c` crate (SSE4.2 `crc32`
 //! instruction, three streams) and `crc-fast` (carry-less multiply
-//! folding), which the engine uses for whole buffers (`cowstore/src/
-//! checksum.rs`). Sizes: a record header's checked bytes, a check block,
-//! a record's payload, a 128 KiB guest write.
+//! folding). The engine times both once per process and uses the faster
+//! (`cowstore/src/checksum.rs`): which one wins depends on the host.
+//! Sizes: a record header's checked bytes, a check block, a record's
+//! payload, a 128 KiB guest write.
 //!
 //! `cargo bench -p cowstore-benches --bench checksum`; figures in
 //! docs/performance.md ("Checksums").
