@@ -60,26 +60,12 @@ pub fn check_holds(file: &File, offset_bytes: u64, len_bytes: u64) -> Result<(),
     Ok(())
 }
 
-/// A memfd of `len` bytes, as a frontend would hand over (tests).
-#[cfg(test)]
-pub(crate) fn test_memfd(len: u64) -> File {
-    use std::os::fd::FromRawFd;
-    // SAFETY: memfd_create with a NUL-terminated name; the returned fd is
-    // checked and owned by the File from here on.
-    let fd = unsafe { libc::memfd_create(c"backing-test".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
-    // SAFETY: `fd` is a fresh descriptor nothing else owns.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(len).unwrap();
-    file
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn memfd(len: u64) -> File {
-        test_memfd(len)
+        crate::inflight::memfd(len).unwrap()
     }
 
     #[test]

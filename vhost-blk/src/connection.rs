@@ -640,9 +640,13 @@ impl VhostUserBackendReqHandlerMut for Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backing::test_memfd;
     use crate::export::{Export, Target};
     use vm_memory::{Bytes, GuestMemoryBackend};
+
+    /// A memfd of `len` bytes, as a frontend hands over.
+    fn test_memfd(len: u64) -> File {
+        crate::inflight::memfd(len).unwrap()
+    }
 
     fn connection() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();

@@ -136,7 +136,7 @@ fn check_geometry(
 }
 
 /// Creates a zero-filled memfd of `len_bytes` (what GET_INFLIGHT_FD returns).
-fn memfd(len_bytes: u64) -> Result<File, InflightError> {
+pub(crate) fn memfd(len_bytes: u64) -> Result<File, InflightError> {
     let name = c"cowstored-inflight";
     // SAFETY: `name` is a valid NUL-terminated string; memfd_create returns
     // a new descriptor (or -1) and touches no other memory.
