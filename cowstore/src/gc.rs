@@ -247,7 +247,11 @@ pub(crate) fn run(s: &Arc<StoreInner>, mode: GcMode) -> Result<GcReport> {
     if !moves.is_empty() {
         let _reloc = s.relocation.write();
         for v in s.volumes.read().values() {
-            v.state.write().map.relocate(&moves);
+            let mut st = v.state.write();
+            st.map.relocate(&moves);
+            // The checkpoint this pass writes next must not be skipped as
+            // current: it is what lets the old segments go.
+            st.map_generation += 1;
         }
         for snap in s.snapshots.read().values() {
             if snap.map.write().relocate(&moves) > 0 {

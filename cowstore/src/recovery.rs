@@ -345,6 +345,8 @@ fn replay_volume(
         durable_tail: (tail_segment.id, tail_offset),
         ckpt_position,
         bytes_since_ckpt: bytes_replayed,
+        map_generation: 0,
+        ckpt_generation: None,
     };
     Ok((state, frozen))
 }

@@ -858,6 +858,8 @@ impl Store {
             durable_tail: (seg.id, SEGMENT_HEADER_BYTES),
             ckpt_position: Some(ckpt.replay_from),
             bytes_since_ckpt: 0,
+            map_generation: 0,
+            ckpt_generation: None,
         };
         let inner = Arc::new(VolumeInner::new(m.id, name.to_string(), None, state));
         s.volumes.write().insert(m.id, inner);

@@ -51,6 +51,14 @@ pub(crate) struct VolState {
     pub ckpt_position: Option<LogPosition>,
     /// Log bytes appended since the last checkpoint.
     pub bytes_since_ckpt: u64,
+    /// Bumped by every change a checkpoint records: each append (records,
+    /// seals, resizes) and each cleaner relocation of the map.
+    pub map_generation: u64,
+    /// The `map_generation` the last checkpoint written in this process
+    /// captured (`None`: none yet). Equal to `map_generation`, the
+    /// checkpoint file already describes the volume as it is, and another
+    /// would only cost its fsyncs.
+    pub ckpt_generation: Option<u64>,
 }
 
 /// A record still on its way to disk: readers take its bytes from here.
@@ -822,6 +830,7 @@ impl Volume {
         v.check_usable()?;
         let (ios, pending_keys, first_seq, last_seq, seal_count) = {
             let mut st = v.state.write();
+            st.map_generation += 1;
             let first_seq = st.next_seq;
             let mut ios = Vec::new();
             // Assign seqs (seals from segment rolls take seqs too, so they

@@ -443,6 +443,10 @@ impl Daemon {
                     "disk_bytes": self.store.disk_bytes(),
                     "direct_append_bytes": self.store.direct_append_bytes(),
                     "fixed_buffer_append_bytes": self.store.fixed_buffer_append_bytes(),
+                    // Volume checkpoints written, and skipped because the
+                    // volume had not changed since its last one.
+                    "checkpoints_written": self.store.checkpoints().0,
+                    "checkpoints_skipped": self.store.checkpoints().1,
                 },
             })),
             Command::CreateVolume { name, size_bytes } => {
