@@ -432,23 +432,26 @@ impl Daemon {
             } => self.attach(&name, &socket, snapshot, queues),
             Command::Detach { name } => self.detach(&name),
             Command::List => Ok(self.list()),
-            Command::Stats { name } => Ok(json!({
-                "stats": self.stats(name.as_deref())?,
-                "cleaner": self.cleaner.lock().as_ref().map(|c| c.stats()),
-                // How the log's appends go out: with O_DIRECT (the rest is
-                // buffered: new files before the pool has any) and, of
-                // those, from registered buffers (0 when RLIMIT_MEMLOCK
-                // refused every slot; operations.md).
-                "store": {
-                    "disk_bytes": self.store.disk_bytes(),
-                    "direct_append_bytes": self.store.direct_append_bytes(),
-                    "fixed_buffer_append_bytes": self.store.fixed_buffer_append_bytes(),
-                    // Volume checkpoints written, and skipped because the
-                    // volume had not changed since its last one.
-                    "checkpoints_written": self.store.checkpoints().0,
-                    "checkpoints_skipped": self.store.checkpoints().1,
-                },
-            })),
+            Command::Stats { name } => {
+                let (checkpoints_written, checkpoints_skipped) = self.store.checkpoints();
+                Ok(json!({
+                    "stats": self.stats(name.as_deref())?,
+                    "cleaner": self.cleaner.lock().as_ref().map(|c| c.stats()),
+                    // How the log's appends go out: with O_DIRECT (the rest is
+                    // buffered: new files before the pool has any) and, of
+                    // those, from registered buffers (0 when RLIMIT_MEMLOCK
+                    // refused every slot; operations.md).
+                    "store": {
+                        "disk_bytes": self.store.disk_bytes(),
+                        "direct_append_bytes": self.store.direct_append_bytes(),
+                        "fixed_buffer_append_bytes": self.store.fixed_buffer_append_bytes(),
+                        // Volume checkpoints written, and skipped because the
+                        // volume had not changed since its last one.
+                        "checkpoints_written": checkpoints_written,
+                        "checkpoints_skipped": checkpoints_skipped,
+                    },
+                }))
+            }
             Command::CreateVolume { name, size_bytes } => {
                 self.store.create_volume(&name, size_bytes)?;
                 Ok(json!({"name": name, "size_bytes": size_bytes}))
