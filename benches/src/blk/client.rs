@@ -30,6 +30,10 @@ fn blkio_err(what: &str) -> impl Fn(blkio::Error) -> anyhow::Error + '_ {
 pub struct Target {
     pub name: String,
     pub capacity_bytes: u64,
+    /// Longest wait for one completion (default [`COMPLETION_TIMEOUT`]):
+    /// libblkio does not notice a backend that went away, so this is how
+    /// a run against a dead daemon ends.
+    pub completion_timeout: Duration,
     // Field order is drop order: the queue goes before the device.
     queue: Blkioq,
     region: MemoryRegion,
@@ -105,6 +109,7 @@ impl Target {
         let mut t = Target {
             name: name.to_string(),
             capacity_bytes,
+            completion_timeout: COMPLETION_TIMEOUT,
             queue,
             region,
             _blkio: b,
@@ -129,7 +134,7 @@ impl Target {
 
     /// Waits for at least one completion; returns how many landed in `out`.
     fn wait(&mut self, out: &mut [MaybeUninit<Completion>]) -> Result<usize> {
-        let mut timeout = COMPLETION_TIMEOUT;
+        let mut timeout = self.completion_timeout;
         self.queue
             .do_io(out, 1, Some(&mut timeout), None)
             .map_err(blkio_err("do_io"))
