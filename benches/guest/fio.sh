@@ -13,8 +13,8 @@ done
 /usr/bin/fio --version || { echo "COWTEST fio=missing"; exit 1; }
 failed=0
 for spec in $JOBS; do
-    # name:rw:bs:iodepth
-    IFS=: read name rw bs qd <<EOF
+    # name:rw:bs:iodepth:fsync (fio's --fsync=, 0 for never)
+    IFS=: read name rw bs qd fsync <<EOF
 $spec
 EOF
     r=1
@@ -25,7 +25,7 @@ EOF
         while [ "$i" -lt "$r" ]; do first=$1; shift; set -- "$@" "$first"; i=$((i+1)); done
         for d in "$@"; do
             if /usr/bin/fio --name="$name" --filename=/dev/"$d" --ioengine=libaio --direct=1 \
-                --thread --rw="$rw" --bs="$bs" --iodepth="$qd" --size="$REGION_BYTES" \
+                --thread --rw="$rw" --bs="$bs" --iodepth="$qd" --fsync="$fsync" --size="$REGION_BYTES" \
                 --time_based --runtime="$RUNTIME_S" --ramp_time="$RAMP_S" --norandommap \
                 --randrepeat=1 --output-format=json --output=/tmp/fio.json >/dev/null 2>/tmp/fio.err; then
                 echo "COWBENCH-BEGIN disk=$d round=$r"

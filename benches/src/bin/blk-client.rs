@@ -264,6 +264,8 @@ fn bench(a: &Args) -> Result<(Vec<Sample>, Vec<String>)> {
                     if let Some(u) = blk::disk::disk_use(before, after, elapsed_s) {
                         s.disk_write_bytes_per_s = Some(u.write_bytes_per_s);
                         s.disk_util_pct = Some(u.util_pct);
+                        s.disk_write_bytes_avg = u.write_bytes_avg;
+                        s.disk_queue_avg = Some(u.queue_avg);
                     }
                 }
                 if !a.quiet {
@@ -430,7 +432,7 @@ mod tests {
                 "--target",
                 &format!("cowstored={}", sock.display()),
                 "--jobs",
-                "randwrite-4k-qd32,randread-4k-qd1",
+                "randwrite-4k-qd32,randread-4k-qd1,randwrite-4k-qd1-fsync1",
             ]
             .map(String::from),
         )?;
@@ -451,6 +453,18 @@ mod tests {
             );
             assert!(r.percentile_ns(50.0) <= r.percentile_ns(99.0));
             assert!(r.iops() > 0.0);
+            // A flush after every write: one per counted write, give or
+            // take the one that straddles the ramp's end.
+            let flushes = r.flush_lat_ns.len() as u64;
+            if job.fsync_every == 0 {
+                assert_eq!(flushes, 0, "{}", job.name());
+            } else {
+                assert!(
+                    flushes + 1 >= r.ops && flushes <= r.ops + 1,
+                    "{flushes} flushes, {} writes",
+                    r.ops
+                );
+            }
         }
         // The data written before the jobs is still there where no job wrote
         // (the random writes stamp their offset in each block's first 8 bytes).
@@ -532,7 +546,7 @@ mod tests {
         assert!(parse_args(["--target", "a=/s", "--fill", "b"].map(String::from)).is_err());
         assert!(parse_args(["--target", "a=/s", "--rounds", "0"].map(String::from)).is_err());
         let a = parse_args(["--target", "a=/s", "--ratio", "our/a=a/a"].map(String::from)).unwrap();
-        assert_eq!(a.jobs.len(), 6);
+        assert_eq!(a.jobs.len(), 8);
         assert_eq!(a.ratios[0].label, "our/a");
         assert!(a.latency_log.is_none());
         assert!(parse_args(["--target", "a=/s", "--latency-log"].map(String::from)).is_err());

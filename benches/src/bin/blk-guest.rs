@@ -237,11 +237,12 @@ fn main() -> Result<()> {
         .iter()
         .map(|j| {
             format!(
-                "{}:{}:{}:{}",
+                "{}:{}:{}:{}:{}",
                 j.name(),
                 j.rw.fio_name(),
                 j.bs_bytes,
-                j.iodepth
+                j.iodepth,
+                j.fsync_every
             )
         })
         .collect();

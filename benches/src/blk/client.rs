@@ -53,6 +53,9 @@ pub struct RunResult {
     /// percentiles hide: whether slow requests come alone or as a stall of
     /// the whole queue, and how often.
     pub timeline_us: Vec<(u64, u64)>,
+    /// Submission to completion of every counted FLUSH (jobs with
+    /// `fsync_every`), sorted. Their time is in `elapsed_ns`, as in fio.
+    pub flush_lat_ns: Vec<u64>,
 }
 
 impl RunResult {
@@ -241,10 +244,14 @@ impl Target {
             seq_next: 0,
         };
         let mut submitted_at = vec![Instant::now(); qd];
+        // +1: room for a FLUSH's completion beside a full queue's.
         let mut comps: Vec<MaybeUninit<Completion>> =
-            (0..qd).map(|_| MaybeUninit::uninit()).collect();
+            (0..qd + 1).map(|_| MaybeUninit::uninit()).collect();
         let addr = self.region.addr;
         let write = job.rw.is_write();
+        // A FLUSH's user_data: no buffer slot has it.
+        let flush_tag = qd;
+        let fsync_every = if write { job.fsync_every } else { 0 };
 
         let t0 = Instant::now();
         let ramp_end = t0 + ramp;
@@ -253,42 +260,62 @@ impl Target {
         let mut measure_start = t0;
         let mut out = RunResult::default();
         let mut in_flight = 0usize;
+        let mut free_slots: Vec<usize> = (0..qd).rev().collect();
+        // Writes submitted since the last FLUSH, and the FLUSH in flight.
+        let mut since_flush = 0u64;
+        let mut flush_at: Option<Instant> = None;
+        let mut done = false;
+        let mut last = t0;
 
-        // Submits one request from buffer slot `slot`; false when a single
-        // pass (fill) has covered the region.
-        let submit = |q: &mut Blkioq, offsets: &mut Offsets, slot: usize| -> bool {
-            let Some(offset) = offsets.next() else {
-                return false;
-            };
-            let buf = addr + slot * bs as usize;
-            if write {
-                // Stamp the offset, so no two blocks carry the same bytes.
-                // SAFETY: `buf..buf+bs` lies in the mapped region (checked
-                // above: qd * bs <= region.len) and this slot has no request
-                // in flight.
-                unsafe { std::ptr::write_unaligned(buf as *mut u64, offset) };
-                q.write(
-                    offset,
-                    buf as *const u8,
-                    bs as usize,
-                    slot,
-                    ReqFlags::empty(),
-                );
-            } else {
-                q.read(offset, buf as *mut u8, bs as usize, slot, ReqFlags::empty());
+        loop {
+            let now = Instant::now();
+            if end.is_some_and(|e| now >= e) {
+                done = true;
             }
-            true
-        };
-
-        let now = Instant::now();
-        for (slot, at) in submitted_at.iter_mut().enumerate() {
-            *at = now;
-            if submit(&mut self.queue, &mut offsets, slot) {
+            let flush_due = fsync_every > 0 && since_flush >= fsync_every;
+            if flush_due && in_flight == 0 && flush_at.is_none() && !done {
+                // Every write before it has completed: this FLUSH makes
+                // exactly the last `fsync_every` of them durable, as fio's.
+                self.queue.flush(flush_tag, ReqFlags::empty());
+                flush_at = Some(now);
+            }
+            while !done && !flush_due && flush_at.is_none() {
+                let Some(&slot) = free_slots.last() else {
+                    break;
+                };
+                let Some(offset) = offsets.next() else {
+                    done = true;
+                    break;
+                };
+                free_slots.pop();
+                submitted_at[slot] = now;
+                let buf = addr + slot * bs as usize;
+                if write {
+                    // Stamp the offset, so no two blocks carry the same bytes.
+                    // SAFETY: `buf..buf+bs` lies in the mapped region (checked
+                    // above: qd * bs <= region.len) and this slot has no
+                    // request in flight (it was on the free list).
+                    unsafe { std::ptr::write_unaligned(buf as *mut u64, offset) };
+                    self.queue.write(
+                        offset,
+                        buf as *const u8,
+                        bs as usize,
+                        slot,
+                        ReqFlags::empty(),
+                    );
+                    since_flush += 1;
+                } else {
+                    self.queue
+                        .read(offset, buf as *mut u8, bs as usize, slot, ReqFlags::empty());
+                }
                 in_flight += 1;
+                if fsync_every > 0 && since_flush >= fsync_every {
+                    break;
+                }
             }
-        }
-        let mut last = now;
-        while in_flight > 0 {
+            if in_flight == 0 && flush_at.is_none() {
+                break;
+            }
             let n = self.wait(&mut comps)?;
             let now = Instant::now();
             last = now;
@@ -299,17 +326,33 @@ impl Target {
             for c in &comps[..n] {
                 // SAFETY: do_io initialised the first `n` entries.
                 let c = unsafe { c.assume_init_read() };
-                in_flight -= 1;
-                let slot = c.user_data;
-                ensure!(slot < qd, "completion for unknown request {slot}");
                 if c.ret != 0 {
-                    bail!(
-                        "{} on {} failed: errno {}",
-                        job.rw.fio_name(),
-                        self.name,
-                        -c.ret
-                    );
+                    let what = if c.user_data == flush_tag {
+                        "flush"
+                    } else {
+                        job.rw.fio_name()
+                    };
+                    bail!("{what} on {} failed: errno {}", self.name, -c.ret);
                 }
+                if c.user_data == flush_tag {
+                    let at = flush_at
+                        .take()
+                        .ok_or_else(|| anyhow!("a flush completed that was not submitted"))?;
+                    since_flush = 0;
+                    if measuring {
+                        let lat = now.duration_since(at);
+                        out.flush_lat_ns
+                            .push(u64::try_from(lat.as_nanos()).unwrap_or(u64::MAX));
+                    }
+                    continue;
+                }
+                let slot = c.user_data;
+                ensure!(
+                    slot < qd && !free_slots.contains(&slot),
+                    "completion for unknown request {slot}"
+                );
+                in_flight -= 1;
+                free_slots.push(slot);
                 if measuring {
                     out.ops += 1;
                     out.bytes += bs;
@@ -322,18 +365,12 @@ impl Target {
                         u64::try_from(lat.as_micros()).unwrap_or(u64::MAX),
                     ));
                 }
-                let more = end.is_none_or(|e| now < e);
-                if more {
-                    submitted_at[slot] = now;
-                    if submit(&mut self.queue, &mut offsets, slot) {
-                        in_flight += 1;
-                    }
-                }
             }
         }
         out.elapsed_ns =
             u64::try_from(last.duration_since(measure_start).as_nanos()).unwrap_or(u64::MAX);
         out.lat_ns.sort_unstable();
+        out.flush_lat_ns.sort_unstable();
         Ok(out)
     }
 }

@@ -1,5 +1,6 @@
 //! What the disk under the backends did during a run: bytes written per
-//! second and how busy it was, from `/proc/diskstats`.
+//! second, how busy it was, how large its writes were and how many it had
+//! in flight, from `/proc/diskstats`.
 //!
 //! Why: the backends take turns on one disk, and a 128 KiB write job is
 //! bound by that disk, not by the backend's CPU. Whether a backend's writes
@@ -8,12 +9,15 @@
 //! `discard`) only shows beside the IOPS: same utilisation, fewer bytes.
 
 /// Cumulative counters of one block device (`Documentation/admin-guide/
-/// iostats.rst`: field 7 sectors written, field 10 milliseconds spent
-/// doing I/O).
+/// iostats.rst`: field 5 writes completed, field 7 sectors written, field
+/// 10 milliseconds spent doing I/O, field 11 the weighted milliseconds:
+/// each millisecond times the requests in flight during it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DiskCounters {
+    pub writes: u64,
     pub sectors_written: u64,
     pub io_ticks_ms: u64,
+    pub weighted_ticks_ms: u64,
 }
 
 /// The disk over one run.
@@ -23,6 +27,13 @@ pub struct DiskUse {
     /// Share of the run's wall time the disk had I/O in flight (iostat's
     /// `%util`); above ~90% a virtual disk is saturated.
     pub util_pct: f64,
+    /// Mean size of the disk's write requests, as the block layer sent
+    /// them (after merging and splitting); `None` without writes.
+    pub write_bytes_avg: Option<f64>,
+    /// Mean requests in flight over the run (iostat's `aqu-sz`): a disk
+    /// whose latency does not grow with depth serves more the deeper it is
+    /// kept.
+    pub queue_avg: f64,
 }
 
 /// Sectors in diskstats are 512 bytes whatever the device's block size.
@@ -39,8 +50,10 @@ pub fn parse_diskstats(diskstats: &str, device: &str) -> Option<DiskCounters> {
             return None;
         }
         Some(DiskCounters {
+            writes: fields[7].parse().ok()?,
             sectors_written: fields[9].parse().ok()?,
             io_ticks_ms: fields[12].parse().ok()?,
+            weighted_ticks_ms: fields[13].parse().ok()?,
         })
     })
 }
@@ -60,9 +73,16 @@ pub fn disk_use(before: DiskCounters, after: DiskCounters, elapsed_s: f64) -> Op
     }
     let sectors = after.sectors_written.checked_sub(before.sectors_written)?;
     let ticks_ms = after.io_ticks_ms.checked_sub(before.io_ticks_ms)?;
+    let writes = after.writes.checked_sub(before.writes)?;
+    let weighted_ms = after
+        .weighted_ticks_ms
+        .checked_sub(before.weighted_ticks_ms)?;
+    let bytes = sectors.saturating_mul(DISKSTATS_SECTOR_BYTES);
     Some(DiskUse {
-        write_bytes_per_s: (sectors * DISKSTATS_SECTOR_BYTES) as f64 / elapsed_s,
+        write_bytes_per_s: bytes as f64 / elapsed_s,
         util_pct: (ticks_ms as f64 / 10.0 / elapsed_s).min(100.0),
+        write_bytes_avg: (writes > 0).then(|| bytes as f64 / writes as f64),
+        queue_avg: weighted_ms as f64 / 1000.0 / elapsed_s,
     })
 }
 
@@ -81,8 +101,10 @@ mod tests {
         assert_eq!(
             parse_diskstats(SAMPLE, "vda"),
             Some(DiskCounters {
+                writes: 19_433_385,
                 sectors_written: 1_970_343_216,
                 io_ticks_ms: 6_118_732,
+                weighted_ticks_ms: 45_036_012,
             })
         );
         assert_eq!(
@@ -98,16 +120,30 @@ mod tests {
     #[test]
     fn rates_over_a_run() {
         let before = DiskCounters {
+            writes: 10,
             sectors_written: 1_000,
             io_ticks_ms: 500,
+            weighted_ticks_ms: 700,
         };
         let after = DiskCounters {
+            writes: 10 + 32_000,
             sectors_written: 1_000 + 4 * 2048 * 1000, // 4000 MiB
             io_ticks_ms: 500 + 1800,
+            weighted_ticks_ms: 700 + 9000,
         };
         let u = disk_use(before, after, 2.0).unwrap();
         assert_eq!(u.write_bytes_per_s, 2000.0 * 1024.0 * 1024.0);
         assert_eq!(u.util_pct, 90.0);
+        assert_eq!(u.write_bytes_avg, Some(128.0 * 1024.0));
+        assert_eq!(u.queue_avg, 4.5);
+        let no_writes = DiskCounters {
+            writes: before.writes,
+            ..after
+        };
+        assert_eq!(
+            disk_use(before, no_writes, 2.0).unwrap().write_bytes_avg,
+            None
+        );
         // Backwards counters or no time: no figure.
         assert!(disk_use(after, before, 2.0).is_none());
         assert!(disk_use(before, after, 0.0).is_none());

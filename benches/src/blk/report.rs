@@ -36,6 +36,18 @@ pub struct Sample {
     /// How busy that disk was over the run, in percent of wall time.
     #[serde(default)]
     pub disk_util_pct: Option<f64>,
+    /// Mean size of the disk's write requests over the run, bytes.
+    #[serde(default)]
+    pub disk_write_bytes_avg: Option<f64>,
+    /// Mean requests the disk had in flight over the run.
+    #[serde(default)]
+    pub disk_queue_avg: Option<f64>,
+    /// FLUSHes completed in the run (jobs with a flush cadence) and their
+    /// mean latency, fio's `sync` section; 0 for the others.
+    #[serde(default)]
+    pub sync_ops: u64,
+    #[serde(default)]
+    pub sync_lat_mean_ns: f64,
 }
 
 impl Sample {
@@ -55,6 +67,10 @@ impl Sample {
             cpu_us_per_op: None,
             disk_write_bytes_per_s: None,
             disk_util_pct: None,
+            disk_write_bytes_avg: None,
+            disk_queue_avg: None,
+            sync_ops: r.flush_lat_ns.len() as u64,
+            sync_lat_mean_ns: mean(&r.flush_lat_ns),
         }
     }
 
@@ -90,6 +106,10 @@ impl Sample {
             cpu_us_per_op: None,
             disk_write_bytes_per_s: None,
             disk_util_pct: None,
+            disk_write_bytes_avg: None,
+            disk_queue_avg: None,
+            sync_ops: fio_job["sync"]["total_ios"].as_u64().unwrap_or(0),
+            sync_lat_mean_ns: fio_job["sync"]["lat_ns"]["mean"].as_f64().unwrap_or(0.0),
         })
     }
 
@@ -136,17 +156,23 @@ impl Sample {
             },
             "read": read,
             "write": write,
+            "sync": {
+                "total_ios": self.sync_ops,
+                "lat_ns": {"mean": self.sync_lat_mean_ns, "N": self.sync_ops},
+            },
             // Not a fio field: the backend's CPU per request (`--cpu-of`).
             "cpu_us_per_op": self.cpu_us_per_op,
             // Not fio fields either: the disk under the backends (`--disk`).
             "disk_write_bytes_per_s": self.disk_write_bytes_per_s,
             "disk_util_pct": self.disk_util_pct,
+            "disk_write_bytes_avg": self.disk_write_bytes_avg,
+            "disk_queue_avg": self.disk_queue_avg,
         })
     }
 
-    /// Two lines like fio's normal output.
+    /// Two lines like fio's normal output (three with flushes).
     pub fn text(&self, write: bool) -> String {
-        format!(
+        let mut text = format!(
             "{}: (target={}, round={})\n  {}: IOPS={}, BW={:.1}MiB/s ({} ios/{}msec)\n    lat (usec): avg={:.1}, p50={:.1}, p99={:.1}",
             self.job,
             self.target,
@@ -159,8 +185,23 @@ impl Sample {
             self.lat_mean_ns / 1e3,
             self.lat_p50_ns / 1e3,
             self.lat_p99_ns / 1e3,
-        )
+        );
+        if self.sync_ops > 0 {
+            text.push_str(&format!(
+                "\n  sync: {} flushes, lat (usec): avg={:.1}",
+                self.sync_ops,
+                self.sync_lat_mean_ns / 1e3
+            ));
+        }
+        text
     }
+}
+
+fn mean(xs: &[u64]) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    xs.iter().map(|&x| x as f64).sum::<f64>() / xs.len() as f64
 }
 
 const MIB: f64 = (1u64 << 20) as f64;
@@ -298,10 +339,11 @@ pub fn disk_table(samples: &[Sample], targets: &[String], jobs: &[Job]) -> Optio
     }
     let mut out = String::from(
         "Disk under the backends (medians over each target's runs, ramp \
-         included): MiB/s written, % of the time busy, and for writes the \
-         bytes written to the disk per byte the client wrote:\n\n\
-         | job | target | disk MiB/s | disk busy % | disk bytes per byte written |\n\
-         |---|---|---:|---:|---:|\n",
+         included): MiB/s written, % of the time busy, for writes the \
+         bytes written to the disk per byte the client wrote, the mean \
+         size of the disk's writes and the mean requests it had in flight:\n\n\
+         | job | target | disk MiB/s | disk busy % | disk bytes per byte written | disk write KiB | disk queue |\n\
+         |---|---|---:|---:|---:|---:|---:|\n",
     );
     for job in jobs {
         let name = job.name();
@@ -313,16 +355,23 @@ pub fn disk_table(samples: &[Sample], targets: &[String], jobs: &[Job]) -> Optio
             ) else {
                 continue;
             };
-            let per_byte = if job.rw.is_write() {
-                m(|s| {
+            let (per_byte, write_kib) = if job.rw.is_write() {
+                let per_byte = m(|s| {
                     let disk = s.disk_write_bytes_per_s?;
                     (s.bw_bytes > 0.0).then(|| disk / s.bw_bytes)
                 })
-                .map_or("n/a".to_string(), |r| format!("{r:.2}"))
+                .map_or("n/a".to_string(), |r| format!("{r:.2}"));
+                let write_kib = m(|s| s.disk_write_bytes_avg.map(|b| b / 1024.0))
+                    .map_or("n/a".to_string(), |k| format!("{k:.0}"));
+                (per_byte, write_kib)
             } else {
-                "-".to_string()
+                ("-".to_string(), "-".to_string())
             };
-            let _ = writeln!(out, "| {name} | {t} | {mib:.0} | {util:.0} | {per_byte} |");
+            let queue = m(|s| s.disk_queue_avg).map_or("n/a".to_string(), |q| format!("{q:.1}"));
+            let _ = writeln!(
+                out,
+                "| {name} | {t} | {mib:.0} | {util:.0} | {per_byte} | {write_kib} | {queue} |"
+            );
         }
     }
     Some(out)
@@ -491,6 +540,10 @@ mod tests {
             cpu_us_per_op: None,
             disk_write_bytes_per_s: None,
             disk_util_pct: None,
+            disk_write_bytes_avg: None,
+            disk_queue_avg: None,
+            sync_ops: 0,
+            sync_lat_mean_ns: 0.0,
         }
     }
 
@@ -558,12 +611,17 @@ mod tests {
             let mut x = sample("a", round, 100.0);
             x.disk_write_bytes_per_s = Some(kib_per_s * 1024.0);
             x.disk_util_pct = Some(util);
+            x.disk_write_bytes_avg = Some(util * 1024.0);
+            x.disk_queue_avg = Some(util / 10.0);
             s.push(x);
         }
         // Only the runs with disk figures count.
         s.remove(0);
         let t = disk_table(&s, &names, &reads).unwrap();
-        assert!(t.contains("| randread-4k-qd1 | a | 1 | 70 | - |"), "{t}");
+        assert!(
+            t.contains("| randread-4k-qd1 | a | 1 | 70 | - | - | 7.0 |"),
+            "{t}"
+        );
         assert!(!t.contains("| b |"), "{t}");
         let mut writes = super::super::jobs::parse_jobs("randwrite-4k-qd1").unwrap();
         for x in &mut s {
@@ -571,7 +629,7 @@ mod tests {
         }
         let t = disk_table(&s, &names, &writes).unwrap();
         assert!(
-            t.contains("| randwrite-4k-qd1 | a | 1 | 70 | 2.00 |"),
+            t.contains("| randwrite-4k-qd1 | a | 1 | 70 | 2.00 | 70 | 7.0 |"),
             "{t}"
         );
         writes.clear();
