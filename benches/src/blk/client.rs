@@ -77,11 +77,20 @@ impl RunResult {
     }
 
     pub fn mean_ns(&self) -> f64 {
-        if self.lat_ns.is_empty() {
-            return 0.0;
-        }
-        self.lat_ns.iter().map(|&x| x as f64).sum::<f64>() / self.lat_ns.len() as f64
+        mean_ns(&self.lat_ns)
     }
+
+    /// Mean FLUSH latency; 0 without flushes.
+    pub fn flush_mean_ns(&self) -> f64 {
+        mean_ns(&self.flush_lat_ns)
+    }
+}
+
+fn mean_ns(xs: &[u64]) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    xs.iter().map(|&x| x as f64).sum::<f64>() / xs.len() as f64
 }
 
 impl Target {
@@ -272,14 +281,14 @@ impl Target {
             if end.is_some_and(|e| now >= e) {
                 done = true;
             }
-            let flush_due = fsync_every > 0 && since_flush >= fsync_every;
-            if flush_due && in_flight == 0 && flush_at.is_none() && !done {
+            let flush_due = |since_flush: u64| fsync_every > 0 && since_flush >= fsync_every;
+            if flush_due(since_flush) && in_flight == 0 && flush_at.is_none() && !done {
                 // Every write before it has completed: this FLUSH makes
                 // exactly the last `fsync_every` of them durable, as fio's.
                 self.queue.flush(flush_tag, ReqFlags::empty());
                 flush_at = Some(now);
             }
-            while !done && !flush_due && flush_at.is_none() {
+            while !done && !flush_due(since_flush) && flush_at.is_none() {
                 let Some(&slot) = free_slots.last() else {
                     break;
                 };
@@ -309,9 +318,6 @@ impl Target {
                         .read(offset, buf as *mut u8, bs as usize, slot, ReqFlags::empty());
                 }
                 in_flight += 1;
-                if fsync_every > 0 && since_flush >= fsync_every {
-                    break;
-                }
             }
             if in_flight == 0 && flush_at.is_none() {
                 break;

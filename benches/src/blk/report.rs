@@ -70,7 +70,7 @@ impl Sample {
             disk_write_bytes_avg: None,
             disk_queue_avg: None,
             sync_ops: r.flush_lat_ns.len() as u64,
-            sync_lat_mean_ns: mean(&r.flush_lat_ns),
+            sync_lat_mean_ns: r.flush_mean_ns(),
         }
     }
 
@@ -195,13 +195,6 @@ impl Sample {
         }
         text
     }
-}
-
-fn mean(xs: &[u64]) -> f64 {
-    if xs.is_empty() {
-        return 0.0;
-    }
-    xs.iter().map(|&x| x as f64).sum::<f64>() / xs.len() as f64
 }
 
 const MIB: f64 = (1u64 << 20) as f64;
