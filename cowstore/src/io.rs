@@ -27,6 +27,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use futures::channel::oneshot;
 use io_uring::{opcode, types, IoUring};
@@ -38,6 +39,7 @@ use crate::log_buf::LogBuf;
 use crate::log_writer::{self, LogWriters, OFFLOAD_MIN_BYTES};
 use crate::ring::RingCore;
 use crate::segment::SegmentFile;
+use crate::stage_clock::{StageClock, StageTotals};
 
 /// Which I/O backend to use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -74,6 +76,8 @@ pub(crate) struct SegmentIo {
     /// Of those, bytes from buffers registered with the ring that wrote
     /// them (see `log_buf.rs`).
     fixed_bytes: std::sync::atomic::AtomicU64,
+    /// Direct appends, submission to completion (see `stage_clock.rs`).
+    direct_clock: StageClock,
 }
 
 impl SegmentIo {
@@ -107,6 +111,7 @@ impl SegmentIo {
             writers,
             direct_bytes: Default::default(),
             fixed_bytes: Default::default(),
+            direct_clock: StageClock::default(),
         })
     }
 
@@ -119,6 +124,11 @@ impl SegmentIo {
     /// buffers (`IORING_OP_WRITE_FIXED`, see `log_buf.rs`).
     pub fn fixed_bytes(&self) -> u64 {
         self.fixed_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Direct appends so far: how many, their bytes, their time.
+    pub fn direct_append_totals(&self) -> StageTotals {
+        self.direct_clock.totals()
     }
 
     pub fn name(&self) -> &'static str {
@@ -148,6 +158,8 @@ impl SegmentIo {
         if let Some(direct) = file.direct_for(offset, &buf[range.clone()]) {
             self.direct_bytes
                 .fetch_add(range.len() as u64, Ordering::Relaxed);
+            let started = Instant::now();
+            let len_bytes = range.len();
             let table_id = buf.table_id();
             // Many direct appends in flight at once, as the disk likes
             // them: in the caller's own ring if it has one (no thread
@@ -167,14 +179,18 @@ impl SegmentIo {
                         self.fixed_bytes
                             .fetch_add(range.len() as u64, Ordering::Relaxed);
                     }
-                    return Self::reply(done).await.map(drop);
+                    let written = Self::reply(done).await.map(drop);
+                    self.direct_clock.record(len_bytes, started);
+                    return written;
                 }
                 Err(op) => op,
             };
-            return match &self.backend {
+            let written = match &self.backend {
                 Backend::Uring(u) if !INLINE_IO.get() => u.send(op, done).await.map(drop),
                 _ => direct.write_all_at(&buf[range], offset),
             };
+            self.direct_clock.record(len_bytes, started);
+            return written;
         }
         match &self.writers {
             Some(w) if range.len() >= OFFLOAD_MIN_BYTES && !INLINE_IO.get() => {

@@ -163,6 +163,8 @@ pub(crate) struct StoreInner {
     /// See [`Store::checkpoints`].
     pub checkpoints_written: std::sync::atomic::AtomicU64,
     pub checkpoints_skipped: std::sync::atomic::AtomicU64,
+    /// Writes' data turned into records (see [`Store::write_stages`]).
+    pub encode_clock: crate::stage_clock::StageClock,
     pub tier: Option<ObjectTier>,
     /// Segments in the object store: id -> object size.
     pub remote: RwLock<HashMap<u64, u64>>,
@@ -581,6 +583,7 @@ impl Store {
             log_segments_started: Default::default(),
             checkpoints_written: Default::default(),
             checkpoints_skipped: Default::default(),
+            encode_clock: Default::default(),
             tier,
             remote: RwLock::new(HashMap::new()),
             uploading: Mutex::new(std::collections::HashSet::new()),
@@ -638,6 +641,15 @@ impl Store {
     /// write; inside [`crate::block_on`], where the kernel allows it).
     pub fn fixed_buffer_append_bytes(&self) -> u64 {
         self.inner.io.fixed_bytes()
+    }
+
+    /// Where writes' time went since the store was opened: encoding their
+    /// data into records, and their direct appends (see `stage_clock.rs`).
+    pub fn write_stages(&self) -> crate::WriteStages {
+        crate::WriteStages {
+            encode: self.inner.encode_clock.totals(),
+            direct_append: self.inner.io.direct_append_totals(),
+        }
     }
 
     /// Name of the segment I/O backend in use (`io_uring` or `blocking`).

@@ -498,6 +498,8 @@ impl Volume {
             .map(|(&(_, len, _), _)| batch_capacity(len as usize))
             .sum::<usize>()
             .min(batch_capacity(MAX_IO_BYTES as usize));
+        let encode_started = std::time::Instant::now();
+        let mut encoded_bytes = 0usize;
         let mut batch = Batch::aligned(capacity);
         let mut logged = Vec::with_capacity(writes.len());
         for (i, (offset_bytes, len_bytes, mut fill)) in writes.into_iter().enumerate() {
@@ -508,7 +510,10 @@ impl Volume {
             let encoded =
                 self.encode_write(&mut batch, offset_bytes, len_bytes as usize, &mut fill);
             match encoded {
-                Ok(()) => logged.push(i),
+                Ok(()) => {
+                    logged.push(i);
+                    encoded_bytes += len_bytes as usize;
+                }
                 Err(_) => {
                     batch.buf.truncate(buf_before);
                     batch.records.truncate(records_before);
@@ -519,6 +524,9 @@ impl Volume {
         if logged.is_empty() {
             return results;
         }
+        self.store
+            .encode_clock
+            .record(encoded_bytes, encode_started);
         if let Err(e) = self.append(batch, |_, _| {}).await {
             let why = e.to_string();
             let mut first = Some(e);

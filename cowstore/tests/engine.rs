@@ -850,6 +850,14 @@ fn reused_segments_case(appends: Appends) {
         "new segments came from the pool ({reused} did)"
     );
     let direct_bytes = store.direct_append_bytes();
+    // Every write was encoded as a batch of its own, and every direct
+    // append was timed to its completion.
+    let stages = store.write_stages();
+    assert_eq!(stages.encode.ops, 6 * WRITES, "{stages:?}");
+    assert_eq!(stages.encode.bytes, 6 * WRITES * WRITE as u64, "{stages:?}");
+    assert!(stages.encode.ns > 0, "{stages:?}");
+    assert_eq!(stages.direct_append.bytes, direct_bytes, "{stages:?}");
+    assert_eq!(stages.direct_append.ops > 0, direct_bytes > 0, "{stages:?}");
     if appends == Appends::Buffered {
         assert_eq!(direct_bytes, 0, "{appends:?}");
     } else if direct_io_works(dir.path()) {

@@ -434,6 +434,9 @@ impl Daemon {
             Command::List => Ok(self.list()),
             Command::Stats { name } => {
                 let (checkpoints_written, checkpoints_skipped) = self.store.checkpoints();
+                let stages = self.store.write_stages();
+                let stage =
+                    |t: cowstore::StageTotals| json!({"ops": t.ops, "bytes": t.bytes, "ns": t.ns});
                 Ok(json!({
                     "stats": self.stats(name.as_deref())?,
                     "cleaner": self.cleaner.lock().as_ref().map(|c| c.stats()),
@@ -449,6 +452,14 @@ impl Daemon {
                         // volume had not changed since its last one.
                         "checkpoints_written": checkpoints_written,
                         "checkpoints_skipped": checkpoints_skipped,
+                        // Where writes' time went: turning their data into
+                        // records (copy and checksums, on the queue worker)
+                        // and their direct appends (the disk); rates come
+                        // from two readings (operations.md, "Stats").
+                        "write_stages": {
+                            "encode": stage(stages.encode),
+                            "direct_append": stage(stages.direct_append),
+                        },
                     },
                 }))
             }
@@ -724,6 +735,12 @@ mod tests {
             st["store"]["fixed_buffer_append_bytes"].as_u64().is_some(),
             "{st}"
         );
+        for stage in ["encode", "direct_append"] {
+            for field in ["ops", "bytes", "ns"] {
+                let v = &st["store"]["write_stages"][stage][field];
+                assert!(v.as_u64().is_some(), "{stage}.{field}: {st}");
+            }
+        }
         let det = d.handle_line(r#"{"op":"detach","name":"v"}"#);
         assert_eq!(det["ok"], json!(true), "{det}");
         assert!(!sock.exists());
