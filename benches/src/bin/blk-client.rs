@@ -8,6 +8,7 @@
 //!              [--ratio LABEL=OURS/PEER]... [--json FILE] [--quiet]
 //!              [--drop-cache DIR]... [--latency-log FILE]
 //!              [--cpu-of NAME=PID]... [--disk DEVICE]
+//!              [--stages-of NAME=CONTROL_SOCKET]...
 //!
 //! Each job runs `--rounds` times on every target, the targets taking turns
 //! (their order rotates every round, so none always runs first after the
@@ -29,7 +30,10 @@
 //! targets take turns, so only one is busy at a time). `--disk DEVICE`
 //! (a name in `/proc/diskstats`, e.g. `vda`) reads that disk's counters
 //! around each run and prints what it wrote and how busy it was beside the
-//! medians. scripts/bench-blk runs it.
+//! medians. `--stages-of NAME=CONTROL_SOCKET` reads cowstored's write
+//! stages from its control socket around each run on target NAME and
+//! prints the rate its writes' data became records and its direct appends'
+//! latency (see `blk/stages.rs`). scripts/bench-blk runs it.
 
 // Shared with blk-guest; each binary uses part of it.
 #[path = "../blk/mod.rs"]
@@ -43,7 +47,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use blk::client::Target;
 use blk::jobs::{parse_jobs, parse_target, Job};
-use blk::report::{cpu_table, disk_table, fio_document, table, Ratio, Sample};
+use blk::report::{cpu_table, disk_table, fio_document, stages_table, table, Ratio, Sample};
 
 struct Args {
     targets: Vec<(String, PathBuf)>,
@@ -62,12 +66,15 @@ struct Args {
     cpu_of: Vec<(String, u32)>,
     /// The block device under the backends (`--disk`).
     disk: Option<String>,
+    /// (target name, cowstored control socket serving it)
+    stages_of: Vec<(String, PathBuf)>,
 }
 
 const USAGE: &str =
     "usage: blk-client --target NAME=SOCKET... [--fill NAME]... [--jobs all|JOB,...] \
     [--rounds N] [--ramp-ms MS] [--runtime-ms MS] [--region-bytes N] [--ratio LABEL=OURS/PEER]... \
-    [--json FILE] [--quiet] [--drop-cache DIR]... [--latency-log FILE] [--cpu-of NAME=PID]... [--disk DEVICE]";
+    [--json FILE] [--quiet] [--drop-cache DIR]... [--latency-log FILE] [--cpu-of NAME=PID]... [--disk DEVICE] \
+    [--stages-of NAME=CONTROL_SOCKET]...";
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args> {
     let mut a = Args {
@@ -85,6 +92,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args> {
         latency_log: None,
         cpu_of: Vec::new(),
         disk: None,
+        stages_of: Vec::new(),
     };
     let mut it = args.into_iter();
     while let Some(flag) = it.next() {
@@ -119,6 +127,13 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args> {
                 }
                 a.disk = Some(device);
             }
+            "--stages-of" => {
+                let v = value()?;
+                let (name, control) = v
+                    .split_once('=')
+                    .with_context(|| format!("--stages-of {v}: expected NAME=CONTROL_SOCKET"))?;
+                a.stages_of.push((name.to_string(), PathBuf::from(control)));
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -142,7 +157,20 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args> {
             bail!("--cpu-of {name}: no such --target");
         }
     }
+    for (name, _) in &a.stages_of {
+        if !a.targets.iter().any(|(n, _)| n == name) {
+            bail!("--stages-of {name}: no such --target");
+        }
+    }
     Ok(a)
+}
+
+/// cowstored's write stages now, from its control socket; a failed read
+/// costs the run its stage figures only, and says so.
+fn read_stages(control: &std::path::Path) -> Option<blk::stages::Stages> {
+    blk::stages::read(control)
+        .map_err(|e| eprintln!("blk-client: no write stages: {e:#}"))
+        .ok()
 }
 
 /// User + system CPU time of process `pid` so far, in microseconds, from
@@ -228,6 +256,12 @@ fn bench(a: &Args) -> Result<(Vec<Sample>, Vec<String>)> {
                 let pid = a.cpu_of.iter().find(|(n, _)| *n == t.name).map(|&(_, p)| p);
                 let cpu_before = pid.map(process_cpu);
                 let disk_before = a.disk.as_deref().and_then(blk::disk::read);
+                let control = a
+                    .stages_of
+                    .iter()
+                    .find(|(n, _)| *n == t.name)
+                    .map(|(_, c)| c);
+                let stages_before = control.map(|c| read_stages(c));
                 let started = std::time::Instant::now();
                 let r = match t.run(job, a.region_bytes, a.ramp, a.runtime, seed) {
                     Ok(r) => r,
@@ -266,6 +300,11 @@ fn bench(a: &Args) -> Result<(Vec<Sample>, Vec<String>)> {
                         s.disk_util_pct = Some(u.util_pct);
                         s.disk_write_bytes_avg = u.write_bytes_avg;
                         s.disk_queue_avg = Some(u.queue_avg);
+                    }
+                }
+                if let (Some(control), Some(Some(before))) = (control, stages_before) {
+                    if let Some(after) = read_stages(control) {
+                        s.stages = blk::stages::stage_use(before, after, r.ops);
                     }
                 }
                 if !a.quiet {
@@ -316,6 +355,9 @@ fn main() -> Result<()> {
     }
     if let Some(disk) = disk_table(&samples, &names, &a.jobs) {
         println!("{disk}");
+    }
+    if let Some(stages) = stages_table(&samples, &names, &a.jobs) {
+        println!("{stages}");
     }
     if !failures.is_empty() {
         println!("FAILED runs (not in the medians):\n");
@@ -420,9 +462,25 @@ mod tests {
         let (_d, sock) = start_daemon(dir.path())?;
         let mut t = Target::connect("cowstored", &sock)?;
         assert_eq!(t.capacity_bytes, VOLUME_BYTES);
+        let control = dir.path().join("control.sock");
+        let stages_before = blk::stages::read(&control)?;
         let pattern: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 7 + 3) as u8).collect();
         t.write_at(1 << 20, &pattern)?;
         t.flush()?;
+        // The write went through the engine's encode stage, whole.
+        let stages = blk::stages::read(&control)?;
+        assert_eq!(
+            stages.encode.ops,
+            stages_before.encode.ops + 1,
+            "{stages:?}"
+        );
+        assert_eq!(
+            stages.encode.bytes,
+            stages_before.encode.bytes + pattern.len() as u64,
+            "{stages:?}"
+        );
+        let u = blk::stages::stage_use(stages_before, stages, 1).expect("counters grew");
+        assert!(u.encode_gb_per_s.is_some_and(|r| r > 0.0), "{u:?}");
         assert_eq!(t.read_at(1 << 20, pattern.len())?, pattern);
         // A read past the end is refused by the device, not answered.
         assert!(t.read_at(VOLUME_BYTES, 4096).is_err());

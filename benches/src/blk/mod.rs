@@ -8,6 +8,9 @@
 //!   sequential offsets over a region, latency of every request.
 //! - [`disk`]: bytes written and utilisation of the disk under the
 //!   backends during each run, from `/proc/diskstats`.
+//! - [`stages`]: where cowstored's write time went during each run (the
+//!   encode of its writes' data, its direct appends), from its control
+//!   socket.
 //! - [`report`]: fio-style JSON and text output, the parser of fio's own JSON
 //!   (the in-guest runs), and the table of medians and ratios.
 //!
@@ -19,3 +22,4 @@ pub mod client;
 pub mod disk;
 pub mod jobs;
 pub mod report;
+pub mod stages;

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use super::client::RunResult;
 use super::jobs::Job;
+use super::stages::StageUse;
 
 /// One run of one job on one target, in the units the table prints.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -48,6 +49,10 @@ pub struct Sample {
     pub sync_ops: u64,
     #[serde(default)]
     pub sync_lat_mean_ns: f64,
+    /// Where cowstored's write time went over the run, when blk-client was
+    /// told its control socket (`--stages-of`); see [`stages_table`].
+    #[serde(default)]
+    pub stages: Option<StageUse>,
 }
 
 impl Sample {
@@ -69,6 +74,7 @@ impl Sample {
             disk_util_pct: None,
             disk_write_bytes_avg: None,
             disk_queue_avg: None,
+            stages: None,
             sync_ops: r.flush_lat_ns.len() as u64,
             sync_lat_mean_ns: r.flush_mean_ns(),
         }
@@ -108,6 +114,7 @@ impl Sample {
             disk_util_pct: None,
             disk_write_bytes_avg: None,
             disk_queue_avg: None,
+            stages: None,
             sync_ops: fio_job["sync"]["total_ios"].as_u64().unwrap_or(0),
             sync_lat_mean_ns: fio_job["sync"]["lat_ns"]["mean"].as_f64().unwrap_or(0.0),
         })
@@ -167,6 +174,8 @@ impl Sample {
             "disk_util_pct": self.disk_util_pct,
             "disk_write_bytes_avg": self.disk_write_bytes_avg,
             "disk_queue_avg": self.disk_queue_avg,
+            // Nor this: cowstored's write stages (`--stages-of`).
+            "stages": self.stages,
         })
     }
 
@@ -370,6 +379,44 @@ pub fn disk_table(samples: &[Sample], targets: &[String], jobs: &[Job]) -> Optio
     Some(out)
 }
 
+/// Medians of cowstored's write stages for the write jobs of targets that
+/// have them (`--stages-of`); `None` when no run has them.
+pub fn stages_table(samples: &[Sample], targets: &[String], jobs: &[Job]) -> Option<String> {
+    if samples.iter().all(|s| s.stages.is_none()) {
+        return None;
+    }
+    let mut out = String::from(
+        "Where cowstored's write time went (its control socket's write_stages, \
+         medians over each target's runs, ramp included): the rate its writes' \
+         data became records (the copy out of guest memory and the checksums, \
+         on the queue worker), that time per request, and its direct appends' \
+         mean latency (submission to completion) and size:\n\n\
+         | job | target | encode GB/s | encode µs per request | append µs | append KiB |\n\
+         |---|---|---:|---:|---:|---:|\n",
+    );
+    let fmt =
+        |x: Option<f64>, digits: usize| x.map_or("n/a".to_string(), |x| format!("{x:.digits$}"));
+    for job in jobs.iter().filter(|j| j.rw.is_write()) {
+        let name = job.name();
+        for t in targets {
+            let m = |f: fn(&StageUse) -> Option<f64>| {
+                median_of(samples, t, &name, |s| s.stages.as_ref().and_then(f))
+            };
+            let Some(per_request) = m(|u| Some(u.encode_us_per_request)) else {
+                continue;
+            };
+            let _ = writeln!(
+                out,
+                "| {name} | {t} | {} | {per_request:.1} | {} | {} |",
+                fmt(m(|u| u.encode_gb_per_s), 1),
+                fmt(m(|u| u.append_us), 0),
+                fmt(m(|u| u.append_bytes_avg.map(|b| b / 1024.0)), 0),
+            );
+        }
+    }
+    Some(out)
+}
+
 /// A ratio column: `ours` IOPS over `peer` IOPS, labelled like "our/qcow2".
 #[derive(Clone, Debug)]
 pub struct Ratio {
@@ -535,6 +582,7 @@ mod tests {
             disk_util_pct: None,
             disk_write_bytes_avg: None,
             disk_queue_avg: None,
+            stages: None,
             sync_ops: 0,
             sync_lat_mean_ns: 0.0,
         }
@@ -627,6 +675,34 @@ mod tests {
         );
         writes.clear();
         assert!(!disk_table(&s, &names, &writes).unwrap().contains("| a |"));
+    }
+
+    #[test]
+    fn stages_table_has_medians_of_write_jobs() {
+        let names = ["a".to_string(), "b".to_string()];
+        let writes = super::super::jobs::parse_jobs("randwrite-4k-qd1").unwrap();
+        let mut s = vec![sample("b", 1, 100.0)];
+        assert!(stages_table(&s, &names, &writes).is_none());
+        for (round, gb_per_s, append_us) in [(1, 3.0, 300.0), (2, 30.0, 250.0), (3, 10.0, 280.0)] {
+            let mut x = sample("a", round, 100.0);
+            x.job = writes[0].name();
+            x.stages = Some(StageUse {
+                encode_gb_per_s: Some(gb_per_s),
+                encode_us_per_request: gb_per_s,
+                append_us: Some(append_us),
+                append_bytes_avg: Some(4096.0),
+            });
+            s.push(x);
+        }
+        let t = stages_table(&s, &names, &writes).unwrap();
+        assert!(
+            t.contains("| randwrite-4k-qd1 | a | 10.0 | 10.0 | 280 | 4 |"),
+            "{t}"
+        );
+        assert!(!t.contains("| b |"), "{t}");
+        // Read jobs have no write stages to show.
+        let reads = super::super::jobs::parse_jobs("randread-4k-qd1").unwrap();
+        assert!(!stages_table(&s, &names, &reads).unwrap().contains("| a |"));
     }
 
     #[test]
