@@ -455,7 +455,7 @@ impl Daemon {
                         // Where writes' time went: turning their data into
                         // records (copy and checksums, on the queue worker)
                         // and their direct appends (the disk); rates come
-                        // from two readings (operations.md, "Stats").
+                        // from two readings (operations.md, "Control socket").
                         "write_stages": {
                             "encode": stage(stages.encode),
                             "direct_append": stage(stages.direct_append),
