@@ -15,21 +15,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-
-/// One stage's totals, as the control socket reports them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StageTotals {
-    pub ops: u64,
-    pub bytes: u64,
-    pub ns: u64,
-}
-
-/// The two stages' totals at one reading.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Stages {
-    pub encode: StageTotals,
-    pub direct_append: StageTotals,
-}
+/// The engine's own types: the control socket reports them field by field.
+pub use cowstore::{StageTotals, WriteStages as Stages};
 
 /// The stages over one run.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
