@@ -362,14 +362,14 @@ pub fn disk_table(samples: &[Sample], targets: &[String], jobs: &[Job]) -> Optio
                     let disk = s.disk_write_bytes_per_s?;
                     (s.bw_bytes > 0.0).then(|| disk / s.bw_bytes)
                 })
-                .map_or("n/a".to_string(), |r| format!("{r:.2}"));
+                .map_or_else(na, |r| format!("{r:.2}"));
                 let write_kib = m(|s| s.disk_write_bytes_avg.map(|b| b / 1024.0))
-                    .map_or("n/a".to_string(), |k| format!("{k:.0}"));
+                    .map_or_else(na, |k| format!("{k:.0}"));
                 (per_byte, write_kib)
             } else {
                 ("-".to_string(), "-".to_string())
             };
-            let queue = m(|s| s.disk_queue_avg).map_or("n/a".to_string(), |q| format!("{q:.1}"));
+            let queue = m(|s| s.disk_queue_avg).map_or_else(na, |q| format!("{q:.1}"));
             let _ = writeln!(
                 out,
                 "| {name} | {t} | {mib:.0} | {util:.0} | {per_byte} | {write_kib} | {queue} |"
@@ -377,6 +377,11 @@ pub fn disk_table(samples: &[Sample], targets: &[String], jobs: &[Job]) -> Optio
         }
     }
     Some(out)
+}
+
+/// A table cell for a figure no run had.
+fn na() -> String {
+    "n/a".to_string()
 }
 
 /// Medians of cowstored's write stages for the write jobs of targets that
@@ -394,8 +399,7 @@ pub fn stages_table(samples: &[Sample], targets: &[String], jobs: &[Job]) -> Opt
          | job | target | encode GB/s | encode µs per request | append µs | append KiB |\n\
          |---|---|---:|---:|---:|---:|\n",
     );
-    let fmt =
-        |x: Option<f64>, digits: usize| x.map_or("n/a".to_string(), |x| format!("{x:.digits$}"));
+    let fmt = |x: Option<f64>, digits: usize| x.map_or_else(na, |x| format!("{x:.digits$}"));
     for job in jobs.iter().filter(|j| j.rw.is_write()) {
         let name = job.name();
         for t in targets {
